@@ -1,0 +1,207 @@
+"""
+The contract between the computations in ``methods/`` and the one place
+that reads from and writes to FiftyOne (:mod:`fiftyone_hardness.methods.runs`).
+
+A hardness method is a function ``run(data, **kwargs) -> MethodOutput``
+registered with :func:`fiftyone_hardness.methods.registry.register_method`.
+``data`` is a :class:`LabeledData`: the labelled samples of a collection as
+arrays (class indices, class names, sample ids) plus loaders for vector
+fields, so that methods never touch FiftyOne themselves.
+
+The method returns per-sample arrays keyed by a field *suffix*; the run layer
+writes each as ``{run_key}_{suffix}``. Every ``*score`` array is oriented so
+that higher = harder / more likely mislabeled.
+"""
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+class HardnessError(ValueError):
+    """Bad input for a hardness computation: the message says what to fix."""
+
+
+@dataclass
+class MethodOutput:
+    """What a method computed.
+
+    Attributes:
+        fields: dict mapping a field suffix (``"score"``, ``"flag"``,
+            ``"pred"``, ``"aum_score"``, ...) to an array with one entry per
+            labelled sample, in the order of :attr:`LabeledData.ids`. Float
+            arrays become float fields, bool arrays bool fields, string
+            arrays string fields. ``None`` entries are written as ``None``.
+        results: dataset-level results, JSON-serializable (dicts, lists,
+            floats, ints, strings, None). Should contain ``threshold``,
+            ``noise_rate`` (None where the method has no estimate) and the
+            method's own extras. ``num_flagged`` and ``class_scores`` are
+            filled in by the run layer from the ``flag`` / ``score`` fields
+            when the method does not provide them.
+    """
+
+    fields: dict
+    results: dict = field(default_factory=dict)
+
+
+ProgressFn = Callable[[float, str], None]
+
+
+def no_progress(fraction, message=""):
+    """A progress callback that does nothing."""
+
+
+@dataclass
+class LabeledData:
+    """The labelled samples of a collection, as arrays.
+
+    Attributes:
+        ids: (N,) array of sample ids (str)
+        labels: (N,) int array of class indices into ``classes``
+        classes: list of K class names
+        num_skipped: number of samples of the collection that had no label
+            and are not part of ``ids``
+        label_field: the name of the label field
+        load_values: callable ``(path) -> list`` returning the values of a
+            field for exactly these samples, in this order
+        progress: callable ``(fraction, message)`` for progress reports
+        load_classes: callable ``(field) -> list or None`` returning the
+            class list the collection declares for ``field``
+            (``dataset.classes[field]``, else ``dataset.default_classes``)
+    """
+
+    ids: np.ndarray
+    labels: np.ndarray
+    classes: list
+    num_skipped: int = 0
+    label_field: str = "ground_truth"
+    load_values: Optional[Callable] = None
+    progress: ProgressFn = no_progress
+    load_classes: Optional[Callable] = None
+
+    @property
+    def num_samples(self):
+        return len(self.ids)
+
+    @property
+    def num_classes(self):
+        return len(self.classes)
+
+    def values(self, path):
+        """Returns the values of ``path`` for these samples, in order."""
+        if self.load_values is None:
+            raise HardnessError("These data are not backed by a collection")
+        return self.load_values(path)
+
+    def get_classes(self, field):
+        """Returns the class list declared for ``field`` on the dataset
+        (``dataset.classes[field]``, else ``dataset.default_classes``), or
+        None when neither is set."""
+        if self.load_classes is None:
+            return None
+        return self.load_classes(field)
+
+    def embeddings(self, embeddings_field):
+        """Returns ``embeddings_field`` as an (N, D) float32 array.
+
+        Raises:
+            HardnessError: when the field is missing for some samples, holds
+                vectors of different lengths, or holds NaN/inf values
+        """
+        if not embeddings_field:
+            raise HardnessError(
+                "This method needs an embeddings field: pass "
+                "embeddings_field=... (compute one with "
+                "fiftyone_hardness.compute_embeddings)"
+            )
+        values = self.values(embeddings_field)
+        return vectors_to_array(values, self.ids, embeddings_field)
+
+    @property
+    def filepaths(self):
+        return np.asarray(self.values("filepath"))
+
+
+def vectors_to_array(values, ids, name="embeddings"):
+    """Stacks a list of vectors into an (N, D) float32 array, validating it.
+
+    Args:
+        values: list of array-likes (or None for missing)
+        ids: the sample ids, for error messages
+        name: the field name, for error messages
+
+    Returns:
+        an (N, D) float32 array
+
+    Raises:
+        HardnessError: missing vectors, mixed dimensions, NaN/inf values
+    """
+    missing = [i for i, v in enumerate(values) if v is None]
+    if missing:
+        raise HardnessError(
+            "%d of %d labelled samples have no value in '%s' (e.g. sample "
+            "%s); compute the embeddings for them first or exclude them "
+            "from the view" % (len(missing), len(values), name, ids[missing[0]])
+        )
+    dims = {np.size(v) for v in values}
+    if len(dims) > 1:
+        raise HardnessError(
+            "'%s' holds vectors of different lengths %s; all samples need "
+            "embeddings from the same model" % (name, sorted(dims))
+        )
+    if not values:
+        raise HardnessError("No samples to compute on")
+    array = np.asarray(
+        [np.ravel(np.asarray(v, dtype=np.float32)) for v in values]
+    )
+    bad = ~np.isfinite(array).all(axis=1)
+    if bad.any():
+        raise HardnessError(
+            "%d samples have NaN or inf values in '%s' (e.g. sample %s)"
+            % (int(bad.sum()), name, ids[np.flatnonzero(bad)[0]])
+        )
+    return array
+
+
+def check_classes(labels, num_classes, min_per_class=1, what="this method"):
+    """Raises a clear error when there are fewer than 2 classes or when a
+    class has fewer than ``min_per_class`` samples."""
+    counts = np.bincount(labels, minlength=num_classes)
+    present = np.flatnonzero(counts)
+    if len(present) < 2:
+        raise HardnessError(
+            "%s needs at least 2 classes; the labels have %d"
+            % (what, len(present))
+        )
+    small = np.flatnonzero((counts > 0) & (counts < min_per_class))
+    if len(small):
+        raise HardnessError(
+            "%s needs at least %d samples per class; class index %s has %d"
+            % (what, min_per_class, small[0], counts[small[0]])
+        )
+    return counts
+
+
+def select_device(device=None):
+    """Returns ``device`` or ``"cuda"`` when available, else ``"cpu"``."""
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def top_fraction_flags(scores, fraction):
+    """Flags the ``round(fraction * N)`` highest scores (ties broken by
+    order). Returns an all-False mask when ``fraction`` is None or 0."""
+    scores = np.asarray(scores, dtype=float)
+    flags = np.zeros(len(scores), dtype=bool)
+    if not fraction:
+        return flags
+    k = int(round(float(fraction) * len(scores)))
+    if k > 0:
+        flags[np.argsort(-scores, kind="stable")[:k]] = True
+    return flags

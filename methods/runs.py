@@ -1,0 +1,374 @@
+"""
+The one read/write path between hardness methods and FiftyOne.
+
+- :func:`load_labeled_data` reads the labelled samples of a collection into a
+  :class:`fiftyone_hardness.methods.base.LabeledData` (validating the label
+  field),
+- :func:`save_run` writes a method's per-sample arrays back in bulk and
+  registers the run (:class:`HardnessRunConfig`, :class:`HardnessRun`,
+  :class:`HardnessRunResults`), so that ``dataset.load_run_results(key)``,
+  ``dataset.rename_run(...)`` and ``dataset.delete_run(key)`` work from any
+  Python process.
+
+The run classes live here, at a stable import path, because FiftyOne stores
+the full class path of every run config in MongoDB.
+"""
+import json
+import logging
+import re
+
+import numpy as np
+
+import fiftyone as fo
+import fiftyone.core.runs as fors
+
+from fiftyone_hardness.methods.base import HardnessError, LabeledData
+
+logger = logging.getLogger(__name__)
+
+_RUN_KEY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class HardnessRunConfig(fors.RunConfig):
+    """Configuration of a hardness run.
+
+    Args:
+        method: the hardness method name
+        label_field: the ``fo.Classification`` field that was scored
+        field_suffixes: the suffixes of the sample fields the run wrote; the
+            fields are ``{run_key}_{suffix}``
+        **kwargs: the method's JSON-serializable parameters
+    """
+
+    def __init__(
+        self, method=None, label_field=None, field_suffixes=None, **kwargs
+    ):
+        super().__init__(method=method, **kwargs)
+        self.label_field = label_field
+        self.field_suffixes = list(field_suffixes or [])
+
+
+class HardnessRun(fors.Run):
+    """A hardness run: knows which fields it wrote, so it can rename and
+    clean them up.
+
+    Args:
+        config: a :class:`HardnessRunConfig`
+    """
+
+    def get_fields(self, samples, key):
+        return run_field_names(key, self.config.field_suffixes)
+
+    def cleanup(self, samples, key):
+        dataset = samples._dataset
+        existing = dataset.get_field_schema()
+        fields = [f for f in self.get_fields(samples, key) if f in existing]
+        if fields:
+            dataset.delete_sample_fields(fields)
+
+    def rename(self, samples, key, new_key):
+        dataset = samples._dataset
+        existing = dataset.get_field_schema()
+        old = [f for f in self.get_fields(samples, key) if f in existing]
+        new = [new_key + f[len(key) :] for f in old]
+        if old:
+            dataset.rename_sample_fields(dict(zip(old, new)))
+
+
+class HardnessRunResults(fors.RunResults):
+    """Results of a hardness run.
+
+    Always has ``method``, ``label_field``, ``num_samples`` (labelled samples
+    scored), ``num_skipped`` (samples without a label), ``num_flagged``,
+    ``threshold``, ``noise_rate`` (None when the method has no estimate),
+    ``class_scores`` (class -> mean score) and ``fields``, plus the method's
+    own extras.
+    """
+
+    def summary(self):
+        """Returns a short human-readable summary of the results."""
+        lines = [
+            "%s run '%s' on '%s': %d samples scored, %d flagged"
+            % (
+                self.method,
+                self.key,
+                self.label_field,
+                self.num_samples,
+                self.num_flagged or 0,
+            )
+        ]
+        if getattr(self, "num_skipped", 0):
+            lines.append("  %d samples without a label skipped" % self.num_skipped)
+        if self.noise_rate is not None:
+            lines.append("  estimated noise rate: %.3f" % self.noise_rate)
+        for name in ("chi_avg", "classification_difficulty", "health_score"):
+            value = getattr(self, name, None)
+            if value is not None:
+                lines.append("  %s: %.3f" % (name, value))
+        scores = getattr(self, "class_scores", None) or {}
+        if scores:
+            hardest = sorted(scores.items(), key=lambda kv: -kv[1])[:3]
+            lines.append(
+                "  hardest classes: "
+                + ", ".join("%s (%.3f)" % kv for kv in hardest)
+            )
+        return "\n".join(lines)
+
+
+def run_field_names(run_key, suffixes):
+    """Returns the sample field names ``{run_key}_{suffix}``."""
+    return ["%s_%s" % (run_key, s) for s in suffixes]
+
+
+def list_hardness_runs(samples):
+    """Returns the keys of the hardness runs on ``samples``."""
+    keys = []
+    for key in samples.list_runs():
+        info = samples.get_run_info(key)
+        if isinstance(info.config, HardnessRunConfig):
+            keys.append(key)
+    return keys
+
+
+def validate_run_key(samples, run_key, overwrite=False):
+    """Checks that ``run_key`` is a usable new key on ``samples``.
+
+    Raises:
+        HardnessError: if the key is malformed, or exists and ``overwrite``
+            is False
+    """
+    if not run_key or not _RUN_KEY_PATTERN.match(run_key):
+        raise HardnessError(
+            "Invalid run key %r: use letters, digits and underscores, "
+            "starting with a letter" % (run_key,)
+        )
+    if run_key in samples.list_runs() and not overwrite:
+        raise HardnessError(
+            "A run with key '%s' already exists on dataset '%s'; pass "
+            "overwrite=True to replace it, or choose another run_key"
+            % (run_key, samples._dataset.name)
+        )
+
+
+def validate_label_field(samples, label_field):
+    """Checks that ``label_field`` is a ``fo.Classification`` field.
+
+    Raises:
+        HardnessError: if the field is missing or of another type
+    """
+    schema = samples.get_field_schema()
+    classification_fields = sorted(
+        name
+        for name, field in schema.items()
+        if isinstance(field, fo.EmbeddedDocumentField)
+        and issubclass(field.document_type, fo.Classification)
+    )
+    hint = (
+        "Classification fields here: %s" % ", ".join(classification_fields)
+        if classification_fields
+        else "this dataset has no fo.Classification field"
+    )
+    if label_field not in schema:
+        raise HardnessError(
+            "Dataset '%s' has no field '%s'; %s"
+            % (samples._dataset.name, label_field, hint)
+        )
+    if label_field not in classification_fields:
+        field = schema[label_field]
+        kind = getattr(field, "document_type", None) or type(field)
+        raise HardnessError(
+            "Field '%s' holds %s, but hardness methods need fo.Classification "
+            "labels; %s" % (label_field, kind.__name__, hint)
+        )
+
+
+def load_labeled_data(samples, label_field, progress=None):
+    """Reads the labelled samples of ``samples`` as arrays.
+
+    Samples whose label is missing are skipped and counted in
+    ``num_skipped``. Classes are the observed labels, in the order of
+    ``dataset.classes[label_field]`` or ``dataset.default_classes`` when
+    declared, else sorted.
+
+    Raises:
+        HardnessError: empty collection, bad label field, no labels
+    """
+    if len(samples) == 0:
+        raise HardnessError(
+            "The collection is empty: nothing to compute hardness on"
+        )
+    validate_label_field(samples, label_field)
+    ids, labels = samples.values(["id", label_field + ".label"])
+    keep = np.array([label is not None for label in labels], dtype=bool)
+    if not keep.any():
+        raise HardnessError(
+            "No sample of this collection has a label in '%s'" % label_field
+        )
+    ids = np.asarray(ids)[keep]
+    labels = [label for label, k in zip(labels, keep) if k]
+    observed = set(labels)
+    declared = _declared_classes(samples, label_field) or []
+    classes = [c for c in declared if c in observed]
+    classes += sorted(observed - set(classes))
+    index = {c: i for i, c in enumerate(classes)}
+
+    cache = {}
+
+    def load_values(path):
+        if path not in cache:
+            values = samples.values(path)
+            cache[path] = [v for v, k in zip(values, keep) if k]
+        return cache[path]
+
+    return LabeledData(
+        ids=ids,
+        labels=np.array([index[label] for label in labels], dtype=int),
+        classes=classes,
+        num_skipped=int((~keep).sum()),
+        label_field=label_field,
+        load_values=load_values,
+        progress=progress or (lambda fraction, message="": None),
+        load_classes=lambda field: _declared_classes(samples, field),
+    )
+
+
+def _declared_classes(samples, field):
+    dataset = samples._dataset
+    classes = dataset.classes.get(field) if dataset.classes else None
+    return list(classes or dataset.default_classes or []) or None
+
+
+def save_run(samples, run_key, method, params, data, output, overwrite=False):
+    """Writes a method's output to ``samples`` and registers the run.
+
+    Nothing is written when the output is invalid. When ``overwrite`` is
+    True an existing run with this key is deleted (with its fields) first.
+    If writing fails midway, the partial run is deleted again.
+
+    Args:
+        samples: the collection the method ran on
+        run_key: the run key
+        method: the method name
+        params: the method's parameters (made JSON-serializable here)
+        data: the :class:`LabeledData` the method ran on
+        output: the :class:`MethodOutput`
+        overwrite: whether to replace an existing run with this key
+
+    Returns:
+        a :class:`HardnessRunResults`
+    """
+    n = data.num_samples
+    for suffix, values in output.fields.items():
+        if len(values) != n:
+            raise HardnessError(
+                "Method '%s' returned %d values for '%s' but %d samples were "
+                "scored" % (method, len(values), suffix, n)
+            )
+    suffixes = list(output.fields)
+    dataset = samples._dataset
+    validate_run_key(samples, run_key, overwrite=overwrite)
+    owned = set()
+    if run_key in samples.list_runs():
+        config = samples.get_run_info(run_key).config
+        owned = set(config.build().get_fields(samples, run_key))
+    schema = dataset.get_field_schema()
+    clashes = [
+        f for f in run_field_names(run_key, suffixes)
+        if f in schema and f not in owned
+    ]
+    if clashes:
+        raise HardnessError(
+            "Fields %s already exist and do not belong to run '%s'; choose "
+            "another run_key" % (", ".join(clashes), run_key)
+        )
+
+    results = dict(output.results)
+    results.setdefault("threshold", None)
+    results.setdefault("noise_rate", None)
+    if "score" in output.fields and "class_scores" not in results:
+        results["class_scores"] = class_means(
+            output.fields["score"], data.labels, data.classes
+        )
+    results.setdefault("class_scores", {})
+    if "flag" in output.fields and "num_flagged" not in results:
+        results["num_flagged"] = int(np.sum(output.fields["flag"]))
+    results.setdefault("num_flagged", None)
+    results.update(
+        method=method,
+        label_field=data.label_field,
+        num_samples=n,
+        num_skipped=data.num_skipped,
+        fields=run_field_names(run_key, suffixes),
+    )
+    results = to_jsonable(results)
+
+    if run_key in samples.list_runs():
+        samples.delete_run(run_key)
+
+    config = HardnessRunConfig(
+        method=method,
+        label_field=data.label_field,
+        field_suffixes=suffixes,
+        **to_jsonable(params),
+    )
+    samples.register_run(run_key, config)
+    try:
+        for suffix, values in output.fields.items():
+            samples.set_values(
+                "%s_%s" % (run_key, suffix),
+                dict(zip(data.ids.tolist(), _to_field_values(values))),
+                key_field="id",
+            )
+        run_results = HardnessRunResults(samples, config, run_key, **results)
+        samples.save_run_results(run_key, run_results)
+    except BaseException:
+        samples.delete_run(run_key)
+        raise
+    return run_results
+
+
+def class_means(scores, labels, classes):
+    """Returns ``{class: mean score}`` over the samples of each class."""
+    scores = np.asarray(scores, dtype=float)
+    counts = np.bincount(labels, minlength=len(classes))
+    sums = np.bincount(labels, weights=scores, minlength=len(classes))
+    return {
+        c: float(sums[i] / counts[i])
+        for i, c in enumerate(classes)
+        if counts[i]
+    }
+
+
+def _to_field_values(values):
+    array = np.asarray(values)
+    if array.dtype == object:
+        return [_scalar(v) for v in values]
+    return array.tolist()
+
+
+def _scalar(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def to_jsonable(value):
+    """Converts numpy values, tuples and nested containers into plain JSON
+    types; values that cannot be converted become their ``repr``."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return repr(value)
