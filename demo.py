@@ -110,3 +110,55 @@ def load_digits_dataset(
     }
     dataset.save()
     return dataset
+
+
+#: the runs the demo makes when their method is available:
+#: (method, run key, parameters)
+DEMO_RUNS = [
+    ("rer", "rer", {"embeddings_field": "embeddings"}),
+    ("cleanlab", "cleanlab", {"embeddings_field": "embeddings"}),
+    ("dynamics", "dynamics", {"embeddings_field": "embeddings"}),
+]
+
+
+def main(name="hardness-digits"):
+    """Builds the demo dataset with 20% known label noise, computes
+    embeddings, runs every available method and prints what it found."""
+    import fiftyone_hardness as foh
+    from fiftyone_hardness.methods import registry
+    from sklearn.metrics import roc_auc_score
+
+    print("Building '%s': 1797 digit images, 20%% symmetric label noise" % name)
+    dataset = load_digits_dataset(name=name, noise_rate=0.2, overwrite=True)
+    truth = np.asarray(dataset.values("mislabeled"), dtype=bool)
+    print("  %d labels were corrupted on purpose (field 'mislabeled')" % truth.sum())
+
+    print("Computing offline efficientnet_lite0 embeddings ('embeddings')")
+    foh.compute_embeddings(dataset, embeddings_field="embeddings", image_size=64)
+
+    available = registry.list_methods()
+    for method, run_key, params in DEMO_RUNS:
+        if method not in available:
+            continue
+        print("\nRunning '%s'" % method)
+        results = dataset.apply_hardness(method, run_key=run_key, **params)
+        print(results.summary())
+        for field in results.fields:
+            if field.endswith("_score"):
+                scores = np.asarray(dataset.values(field), dtype=float)
+                print(
+                    "  %-32s AUROC vs the known mistakes: %.3f"
+                    % (field, roc_auc_score(truth, scores))
+                )
+
+    print(
+        "\nOpen it in the App:\n  .venv/bin/python -c \"import fiftyone as fo; "
+        "s = fo.launch_app(fo.load_dataset('%s')); s.wait()\"" % name
+    )
+    print(
+        "then sort by a *_score field, or open the Hardness panel from '+'."
+    )
+
+
+if __name__ == "__main__":
+    main()
