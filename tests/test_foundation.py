@@ -236,3 +236,39 @@ def test_single_class_and_empty_view(digits):
         digits.limit(0).apply_hardness("centroid")
     results = one.apply_hardness("centroid")  # method decides; runs layer ok
     assert results.num_samples == len(one)
+
+
+def test_open_clip_local_checkpoint_matches_a_direct_forward(tmp_path, digits):
+    import open_clip
+    import torch
+    from PIL import Image
+
+    torch.manual_seed(0)
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        "ViT-B-32", pretrained=None
+    )
+    checkpoint = str(tmp_path / "vit-b-32.pt")
+    torch.save(model.state_dict(), checkpoint)
+
+    view = digits.limit(6)
+    result = foh.compute_embeddings(
+        view, model="ViT-B-32", pretrained=checkpoint,
+        embeddings_field="clip", batch_size=4, device="cpu",
+    )
+    assert result["num_embedded"] == 6
+    ours = np.stack(view.values("clip"))
+    with torch.no_grad():
+        images = torch.stack(
+            [preprocess(Image.open(p).convert("RGB"))
+             for p in view.values("filepath")]
+        )
+        direct = model.eval().encode_image(images)
+        direct = torch.nn.functional.normalize(direct, dim=-1).numpy()
+    assert ours.shape == (6, 512)
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(ours, direct, atol=1e-4)
+    info = foh.api.get_embeddings_info(digits, "clip")
+    assert info["pretrained"] == checkpoint and info["dim"] == 512
+
+    with pytest.raises(HardnessError, match="holds ViT-B-32 embeddings"):
+        foh.compute_embeddings(view, embeddings_field="clip", image_size=32)
