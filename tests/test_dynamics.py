@@ -1,0 +1,372 @@
+"""
+Training dynamics: the recorder, the 13 H-CAT methods (formulas pinned on a
+hand-made record, quality on digits with known noise), the consensus, bad
+input, and the run / operator path through ``dataset.apply_hardness``.
+"""
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from fiftyone_hardness.methods import consensus as fhc
+from fiftyone_hardness.methods import dynamics as fhd
+from fiftyone_hardness.methods import hardness_scores as fhs
+from fiftyone_hardness.methods.base import HardnessError, LabeledData
+from fiftyone_hardness.methods.label_noise import inject_label_noise
+
+ALL = list(fhs.METHODS)
+LEARNING_DYNAMICS = [
+    "aum", "data_iq", "data_maps", "el2n", "grand", "forgetting", "loss",
+    "vog",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # tiny models: threads only add contention on a shared 2-core machine
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+@pytest.fixture
+def record():
+    """A tiny hand-made record: 3 epochs, 6 samples, 3 classes."""
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    logits = np.array(
+        [
+            [[2, 0, 0], [0, 1, 0], [0, 3, 0], [1, 0, 0], [0, 0, 1], [0, 0, 0]],
+            [[3, 0, 0], [1, 0, 0], [0, 3, 1], [0, 1, 0], [0, 1, 0], [1, 0, 0]],
+            [[4, 0, 1], [0, 2, 0], [0, 4, 0], [2, 0, 0], [0, 0, 2], [0, 1, 0]],
+        ],
+        dtype=np.float32,
+    )
+    return fhd.TrainingRecord(
+        labels=labels,
+        num_classes=3,
+        logits=logits,
+        margins=rng.normal(size=(3, 6)).astype(np.float32),
+        early_index=1,
+        features=rng.normal(size=(6, 4)),
+        grad_norms=rng.random(6),
+        input_grad_var=rng.random(6),
+        mc_probs=_softmax(rng.normal(size=(5, 6, 3))),
+        aug_probs=_softmax(rng.normal(size=(2, 6, 3))),
+        cv_probs=_softmax(rng.normal(size=(6, 3)) * 2),
+        calib_probs=rng.random((3, 6)),
+        calib_flipped=np.array([1, 0, 1, 0, 0, 0], bool),
+        calib_clean=np.array([0, 1, 0, 1, 1, 1], bool),
+    )
+
+
+def test_formulas_on_hand_made_record(record):
+    y = record.labels
+    n = len(y)
+    rows = np.arange(n)
+    probs = _softmax(record.logits.astype(np.float64))
+    p = probs[:, rows, y]  # (E, N) probability of the observed label
+    out = fhd.compute_methods(record, noise_rate=1 / 3)
+
+    # AUM: -mean margin; flag AUM < 0
+    aum = record.margins.mean(0)
+    np.testing.assert_allclose(out["aum"].score, -aum, rtol=1e-6)
+    np.testing.assert_array_equal(out["aum"].flag, aum < 0)
+    np.testing.assert_allclose(out["aum"].extras["value"], aum, rtol=1e-6)
+
+    # Data-IQ: group level + 1 - confidence
+    conf = p.mean(0)
+    alea = (p * (1 - p)).mean(0)
+    groups = np.where(
+        (conf >= 0.8) & (alea <= 0.15), "easy",
+        np.where((conf <= 0.2) & (alea <= 0.15), "hard", "ambiguous"),
+    )
+    level = np.select([groups == "easy", groups == "hard"], [0, 2], 1)
+    np.testing.assert_allclose(out["data_iq"].score, level + 1 - conf)
+    assert list(out["data_iq"].extras["group"]) == list(groups)
+    np.testing.assert_array_equal(out["data_iq"].flag, groups == "hard")
+    assert set(groups) >= {"easy", "ambiguous"}
+
+    # Data Maps: 1 - confidence, variability = std
+    np.testing.assert_allclose(out["data_maps"].score, 1 - conf)
+    np.testing.assert_allclose(
+        out["data_maps"].extras["variability"], p.std(0)
+    )
+    np.testing.assert_array_equal(out["data_maps"].flag, conf < 0.5)
+    # not one shared score
+    assert not np.allclose(out["data_maps"].score, out["data_iq"].score)
+
+    # EL2N at the early epoch (index 1)
+    el2n = np.linalg.norm(probs[1] - np.eye(3)[y], axis=1)
+    np.testing.assert_allclose(out["el2n"].score, el2n)
+    # top-fraction flags: 1/3 of 6 = the 2 highest
+    np.testing.assert_array_equal(
+        out["el2n"].flag, el2n >= np.sort(el2n)[-2]
+    )
+
+    # GraNd: the recorded per-sample gradient norms
+    np.testing.assert_allclose(out["grand"].score, record.grad_norms)
+
+    # Forgetting: learned -> forgotten transitions; never learned = max + 1
+    learned = record.logits.argmax(-1) == y
+    count = (learned[:-1] & ~learned[1:]).sum(0)
+    never = ~learned.any(0)
+    assert never.any() and count.max() > 0
+    expected = np.where(never, count.max() + 1, count)
+    np.testing.assert_allclose(out["forgetting"].score, expected)
+    np.testing.assert_array_equal(out["forgetting"].extras["count"], count)
+    np.testing.assert_array_equal(out["forgetting"].flag, never)
+
+    # small loss: mean cross-entropy over epochs
+    np.testing.assert_allclose(out["loss"].score, (-np.log(p)).mean(0))
+
+    # prototypicality: cosine distance to the observed-class centroid
+    f = record.features / np.linalg.norm(record.features, axis=1)[:, None]
+    cent = np.stack([f[y == c].mean(0) for c in range(3)])
+    cos = (f * cent[y]).sum(1) / np.linalg.norm(cent[y], axis=1)
+    np.testing.assert_allclose(out["prototypicality"].score, 1 - cos)
+
+    # VoG: class-normalized
+    v = record.input_grad_var
+    z = np.empty(n)
+    for c in range(3):
+        m = y == c
+        z[m] = (v[m] - v[m].mean()) / v[m].std()
+    np.testing.assert_allclose(out["vog"].score, z)
+
+    # ALLSH: KL(p || p_aug) of the last epoch, averaged over passes
+    last = probs[-1]
+    kl = (last[None] * np.log(last[None] / record.aug_probs)).sum(-1)
+    np.testing.assert_allclose(out["allsh"].score, kl.mean(0), rtol=1e-6)
+
+    # Conf-Agree: 1 - mean MC probability of the predicted class
+    mean = record.mc_probs.mean(0)
+    pred = mean.argmax(1)
+    np.testing.assert_allclose(
+        out["conf_agree"].score, 1 - mean[rows, pred], rtol=1e-6
+    )
+
+    # Detector: logistic regression of flipped vs clean calibration
+    # trajectories, applied to this run's trajectories -> a probability
+    from sklearn.linear_model import LogisticRegression
+
+    def feats(q):
+        return np.column_stack(
+            [q.T, q.mean(0), q.std(0), q.min(0), q.max(0)]
+        )
+
+    lr = LogisticRegression(max_iter=2000).fit(
+        feats(record.calib_probs), record.calib_flipped
+    )
+    prob = lr.predict_proba(feats(p))[:, 1]
+    np.testing.assert_allclose(out["detector"].score, prob, rtol=1e-6)
+    assert ((prob > 0) & (prob < 1)).all()
+    assert len(np.unique(out["detector"].score)) > 2  # not 0/1
+    np.testing.assert_array_equal(out["detector"].flag, prob > 0.5)
+
+    # cleanlab: 1 - self-confidence of the out-of-sample probabilities
+    np.testing.assert_allclose(
+        out["cleanlab"].score, 1 - record.cv_probs[rows, y]
+    )
+
+    # every result dict has the documented keys
+    for name, o in out.items():
+        assert {"threshold", "noise_rate", "num_flagged", "rule"} <= set(
+            o.results
+        ), name
+        assert o.results["num_flagged"] == int(o.flag.sum())
+
+
+def test_adding_a_method_is_one_class(record):
+    class Margin(fhs.HardnessMethod):
+        name = "last_margin"
+
+        def scores(self, record):
+            return -record.margins[-1], {}
+
+    out = Margin().compute(record, noise_rate=0.5)
+    assert out.flag.sum() == 3
+    np.testing.assert_allclose(out.score, -record.margins[-1])
+
+
+def test_missing_need_is_a_clear_error(record):
+    record.grad_norms = None
+    with pytest.raises(HardnessError, match="grand"):
+        fhd.compute_methods(record, ["grand"])
+    with pytest.raises(HardnessError, match="Unknown training-dynamics"):
+        fhd.compute_methods(record, ["nope"])
+
+
+def _digits(n=None, rate=0.2):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    X = d.data.astype(np.float32) / 16.0
+    y = d.target
+    if n:
+        X, y = X[:n], y[:n]
+    noisy, mask = inject_label_noise(y, 10, rate, seed=0)
+    return X, noisy, mask
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_recorder_does_not_change_the_trained_model(model):
+    X, y, _ = _digits(n=300)
+    if model == "cnn":
+        X = X.reshape(-1, 1, 8, 8)
+    config = fhd.TrainingConfig(model=model, epochs=3, hidden=32, seed=3)
+    X = fhd.prepare_inputs(X, config)
+    plain, none = fhd.train(X, y, 10, config, record=False)
+    assert none is None
+    inner = set(fhd.NEEDS) - {"cv_probs", "calibration"}
+    recorded, record = fhd.train(X, y, 10, config, needs=inner)
+    a, b = _state(plain), _state(recorded)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert record.logits.shape == (3, 300, 10)
+    assert record.mc_probs.shape == (config.mc_passes, 300, 10)
+    # the recorded last-epoch logits are the trained model's eval outputs
+    np.testing.assert_allclose(
+        fhd.softmax(record.logits[-1]),
+        fhd.predict_probs(recorded, X),
+        rtol=1e-4, atol=1e-6,
+    )
+    # another seed trains another model
+    other, _ = fhd.train(
+        X, y, 10, fhd.TrainingConfig(model=model, epochs=3, hidden=32),
+        record=False,
+    )
+    assert not torch.equal(_state(other)["head.weight"], b["head.weight"])
+
+
+def test_vectorized_gradients_match_a_loop():
+    torch.manual_seed(0)
+    model = fhd.MLP(5, 3, hidden=7).eval()
+    X = torch.randn(9, 5)
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2])
+    norms = fhd.per_sample_grad_norms(model, X, y, batch_size=4)
+    grads = fhd.input_gradients(model, X, y, batch_size=4)
+    logit_grads = fhd.input_gradients(model, X, y, 4, target="logit")
+    for i in range(9):
+        model.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(X[i : i + 1]), y[i : i + 1])
+        loss.backward()
+        norm = torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters()))
+        assert torch.allclose(norms[i], norm, rtol=1e-5)
+        x = X[i : i + 1].clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(model(x).log_softmax(-1)[0, y[i]], x)
+        assert torch.allclose(grads[i], g[0], atol=1e-6)
+        x = X[i : i + 1].clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(model(x)[0, y[i]], x)
+        assert torch.allclose(logit_grads[i], g[0], atol=1e-6)
+
+
+def test_running_variance_matches_numpy():
+    rng = np.random.default_rng(0)
+    grads = rng.normal(size=(4, 5, 2, 3))
+    rv = fhd._RunningVariance()
+    for g in grads:
+        rv.update(torch.from_numpy(g))
+    np.testing.assert_allclose(
+        rv.mean_variance(), grads.var(0).reshape(5, -1).mean(1)
+    )
+
+
+def test_bad_training_input():
+    X, y, _ = _digits(n=200)
+    with pytest.raises(HardnessError, match="at least 2 epochs"):
+        fhd.TrainingConfig(epochs=1).validate()
+    y1 = y.copy()
+    y1[y1 == 3] = 4
+    y1[0] = 3  # class 3 has one sample
+    with pytest.raises(HardnessError, match="at least 2 samples per class"):
+        fhd.record_training(X, y1, 10, fhd.TrainingConfig(epochs=2))
+    Xn = X.copy()
+    Xn[5, 2] = np.nan
+    with pytest.raises(HardnessError, match="NaN"):
+        fhd.prepare_inputs(Xn, fhd.TrainingConfig())
+
+
+def test_interrupted_training_records_nothing():
+    X, y, _ = _digits(n=200)
+    config = fhd.TrainingConfig(epochs=4, hidden=16)
+    X = fhd.prepare_inputs(X, config)
+    fhd.clear_cache()
+
+    def stop(fraction, message):
+        if "epoch 2/" in message:
+            raise KeyboardInterrupt
+
+    with pytest.raises(fhd.TrainingInterrupted, match="interrupted at epoch 2"):
+        fhd.get_record(X, y, 10, config, (), progress=stop)
+    assert not fhd._RECORD_CACHE
+
+
+def test_consensus_formulas():
+    a = np.array([0.1, 0.5, 0.9, 0.3])
+    b = np.array([1.0, 3.0, 2.0, 0.0])
+    c = np.array([5.0, 5.0, 1.0, 0.0])
+    scores = {"a": a, "b": b, "c": c}
+    from scipy.stats import rankdata, spearmanr
+
+    expected = np.mean([(rankdata(s) - 1) / 3 for s in (a, b, c)], axis=0)
+    np.testing.assert_allclose(fhc.rank_average(scores), expected)
+    rho = fhc.spearman_matrix(scores)
+    assert rho[0, 1] == pytest.approx(spearmanr(a, b)[0])
+    assert rho[1, 2] == pytest.approx(spearmanr(b, c)[0])
+    np.testing.assert_allclose(np.diag(rho), 1)
+    flags = {
+        "a": np.array([0, 1, 1, 0], bool),
+        "b": np.array([0, 1, 0, 0], bool),
+        "c": np.array([1, 1, 0, 0], bool),
+    }
+    out = fhc.consensus(scores, flags)
+    np.testing.assert_array_equal(out["flag"], [False, True, False, False])
+    np.testing.assert_array_equal(out["votes"], [1, 3, 1, 0])
+    top = fhc.consensus(scores, flags, rule="top", noise_rate=0.5)
+    assert top["flag"].sum() == 2
+    assert top["flag"][np.argmax(expected)]
+    with pytest.raises(HardnessError, match="flag rule"):
+        fhc.consensus(scores, flags, rule="vote")
+
+
+def test_consensus_reads_members_from_fields():
+    values = {
+        "dyn_aum_score": [0.1, 0.2, 0.3],
+        "dyn_aum_flag": [False, False, True],
+        "dyn_loss_score": [0.3, 0.2, 0.1],
+        "dyn_loss_flag": [True, False, False],
+        "rer_score": [1.0, 2.0, 3.0],
+    }
+
+    def load(path):
+        if path not in values:
+            raise ValueError("no field %s" % path)
+        return values[path]
+
+    data = LabeledData(
+        ids=np.array(["a", "b", "c"]), labels=np.array([0, 1, 0]),
+        classes=["x", "y"], load_values=load,
+    )
+    scores, flags = fhc.resolve_members(data, ["dyn", "rer"])
+    assert sorted(scores) == ["dyn.aum", "dyn.loss", "rer"]
+    assert sorted(flags) == ["dyn.aum", "dyn.loss"]
+    scores, _ = fhc.resolve_members(data, ["dyn.loss"])
+    assert list(scores) == ["dyn.loss"]
+    with pytest.raises(HardnessError, match="No scores for consensus"):
+        fhc.resolve_members(data, ["nothing"])
+    out = fhc.run_consensus(data, runs=["dyn", "rer"], rule="top",
+                            noise_rate=1 / 3)
+    assert out.fields["flag"].sum() == 1
+    assert out.results["spearman"]["names"] == ["dyn.aum", "dyn.loss", "rer"]
