@@ -2,7 +2,11 @@
 The plugin's App panels. Each panel class is added to :data:`PANELS` (one
 line) and its name to ``fiftyone.yml``.
 """
-PANELS = []
+from fiftyone_hardness.panels.hardness_panel import HardnessPanel
+
+PANELS = [
+    HardnessPanel,
+]
 
 
 def register_panels(p):
