@@ -77,7 +77,8 @@ class SoftmaxProbe(object):
                 % len(present)
             )
         model = LogisticRegression(C=C, max_iter=max_iter)
-        model.fit(self._standardize(X[train]), labels[train])
+        with _small_problem_threads(X[train].size * self.num_classes):
+            model.fit(self._standardize(X[train]), labels[train])
         D = X.shape[1]
         # absent classes get weights 0 and a very negative bias
         self.weights = np.zeros((self.num_classes, D + 1))
@@ -101,6 +102,18 @@ class SoftmaxProbe(object):
     def predict_proba(self, features):
         """Returns the (N, K) class probabilities."""
         return softmax(self.inputs(features) @ self.weights.T)
+
+
+def _small_problem_threads(size):
+    """One BLAS thread for small fits: there, threads only contend (badly so
+    on a busy machine); large fits keep the default."""
+    import contextlib
+
+    if size > 5e7:
+        return contextlib.nullcontext()
+    import threadpoolctl
+
+    return threadpoolctl.threadpool_limits(1)
 
 
 def softmax(logits):

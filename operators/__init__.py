@@ -3,9 +3,22 @@ The plugin's App operators. Each capability adds its operator class to
 :data:`OPERATORS` (one line) and its name to ``fiftyone.yml``.
 """
 from fiftyone_hardness.operators.compute_embeddings import ComputeEmbeddings
+from fiftyone_hardness.operators import review as _review
+from fiftyone_hardness.operators import runs as _runs
+from fiftyone_hardness.operators import dynamics as _dynamics
 
 OPERATORS = [
     ComputeEmbeddings,
+    _runs.ListHardnessRuns,
+    _runs.LoadHardnessView,
+    _runs.RenameHardnessRun,
+    _runs.DeleteHardnessRun,
+    _review.ReviewLabel,
+    _review.ApplyLabelCorrections,
+    _review.UndoLabelCorrections,
+    _review.FindCounterexamples,
+    _dynamics.ComputeDynamics,
+    _dynamics.ComputeConsensus,
 ]
 
 

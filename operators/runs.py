@@ -1,0 +1,259 @@
+"""
+Run management operators: list the hardness runs of a dataset, load a run's
+flagged (or all scored) samples hardest first, rename and delete runs.
+
+They follow FiftyOne's run conventions: runs are the dataset's custom runs
+whose config is a :class:`fiftyone_hardness.methods.runs.HardnessRunConfig`;
+renaming and deleting go through ``dataset.rename_run`` /
+``dataset.delete_run``, which rename or remove every field the run wrote.
+"""
+import logging
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from fiftyone_hardness.methods import run_views
+from fiftyone_hardness.methods.base import HardnessError
+from fiftyone_hardness.methods.runs import list_hardness_runs, validate_run_key
+
+logger = logging.getLogger(__name__)
+
+
+def run_key_input(ctx, inputs, label="Hardness run"):
+    """Adds a dropdown of the dataset's hardness runs. Returns the chosen key,
+    or None (after adding an error notice) when there is no run."""
+    keys = list_hardness_runs(ctx.dataset)
+    if not keys:
+        inputs.view(
+            "no_runs",
+            types.Error(
+                label="No hardness runs",
+                description="This dataset has no hardness run yet; run a "
+                "hardness method first",
+            ),
+        )
+        return None
+    choices = types.DropdownView()
+    for key in keys:
+        choices.add_choice(key, label=key)
+    inputs.enum(
+        "run_key",
+        choices.values(),
+        default=keys[-1],
+        required=True,
+        label=label,
+        view=choices,
+    )
+    key = ctx.params.get("run_key")
+    return key if key in keys else keys[-1]
+
+
+def describe_runs(dataset):
+    """Returns one row per hardness run: key, method, label field, samples,
+    flagged, noise rate, threshold, fields and when it ran."""
+    rows = []
+    for key in list_hardness_runs(dataset):
+        info = dataset.get_run_info(key)
+        results = dataset.load_run_results(key, cache=False)
+        rows.append(
+            {
+                "run_key": key,
+                "method": getattr(results, "method", info.config.method),
+                "label_field": getattr(results, "label_field", None),
+                "num_samples": getattr(results, "num_samples", None),
+                "num_flagged": getattr(results, "num_flagged", None),
+                "noise_rate": _round(getattr(results, "noise_rate", None)),
+                "threshold": _round(getattr(results, "threshold", None)),
+                "fields": ", ".join(getattr(results, "fields", None) or []),
+                "timestamp": str(info.timestamp) if info.timestamp else None,
+            }
+        )
+    return rows
+
+
+def _round(value):
+    return round(value, 4) if isinstance(value, float) else value
+
+
+class ListHardnessRuns(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="list_hardness_runs",
+            label="Hardness: list runs",
+            description="The hardness runs of this dataset",
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        inputs.view(
+            "about",
+            types.Notice(label="Lists the hardness runs of this dataset"),
+        )
+        return types.Property(inputs, view=types.View(label="Hardness runs"))
+
+    def execute(self, ctx):
+        return {"runs": describe_runs(ctx.dataset)}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        table = types.TableView()
+        for key, label in [
+            ("run_key", "Run"),
+            ("method", "Method"),
+            ("label_field", "Label field"),
+            ("num_samples", "Samples"),
+            ("num_flagged", "Flagged"),
+            ("noise_rate", "Noise rate"),
+            ("threshold", "Threshold"),
+            ("timestamp", "Ran at"),
+        ]:
+            table.add_column(key, label=label)
+        outputs.list("runs", types.Object(), label="Hardness runs", view=table)
+        return types.Property(outputs)
+
+
+class LoadHardnessView(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="load_hardness_view",
+            label="Hardness: load a run's samples",
+            description="Show a run's flagged (or all scored) samples, "
+            "hardest first",
+            dynamic=True,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        key = run_key_input(ctx, inputs)
+        if key is not None:
+            results = ctx.dataset.load_run_results(key, cache=False)
+            fields = run_views.score_fields(results)
+            if len(fields) > 1:
+                choices = types.DropdownView()
+                for field in fields:
+                    choices.add_choice(field, label=field)
+                inputs.enum(
+                    "score_field",
+                    choices.values(),
+                    default=fields[0],
+                    label="Score",
+                    view=choices,
+                )
+            which = types.RadioGroup()
+            which.add_choice("flagged", label="Flagged samples")
+            which.add_choice("all", label="All scored samples")
+            inputs.enum(
+                "which",
+                which.values(),
+                default="flagged",
+                label="Samples",
+                view=which,
+            )
+        return types.Property(
+            inputs, view=types.View(label="Load a hardness run's samples")
+        )
+
+    def execute(self, ctx):
+        view = load_run_view(
+            ctx.dataset,
+            ctx.params["run_key"],
+            score_field=ctx.params.get("score_field"),
+            flagged=ctx.params.get("which", "flagged") == "flagged",
+        )
+        ctx.ops.set_view(view)
+        return {"num_samples": len(view)}
+
+
+def load_run_view(dataset, run_key, score_field=None, flagged=True):
+    """Returns the run's flagged samples (or all scored ones), hardest
+    first."""
+    results = run_views.load_results(dataset, run_key)
+    score_field = score_field or run_views.default_score_field(results)
+    if flagged:
+        return run_views.flagged_view(dataset, results, score_field)
+    return dataset.exists(score_field).sort_by(score_field, reverse=True)
+
+
+class RenameHardnessRun(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="rename_hardness_run",
+            label="Hardness: rename a run",
+            description="Rename a hardness run and the fields it wrote",
+            dynamic=True,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        key = run_key_input(ctx, inputs)
+        if key is not None:
+            new_key = ctx.params.get("new_run_key")
+            error = None
+            if new_key:
+                error = _rename_error(ctx.dataset, new_key)
+            inputs.str(
+                "new_run_key",
+                required=True,
+                label="New run key",
+                invalid=error is not None,
+                error_message=error,
+            )
+        return types.Property(inputs, view=types.View(label="Rename a run"))
+
+    def execute(self, ctx):
+        old, new = ctx.params["run_key"], ctx.params["new_run_key"]
+        error = _rename_error(ctx.dataset, new)
+        if error:
+            raise HardnessError(error)
+        ctx.dataset.rename_run(old, new)
+        ctx.ops.reload_dataset()
+        return {"run_key": new}
+
+
+def _rename_error(dataset, new_key):
+    if new_key in dataset.list_runs():
+        return "A run with key '%s' already exists; choose another key" % (
+            new_key
+        )
+    try:
+        validate_run_key(dataset, new_key)
+    except HardnessError as e:
+        return str(e)
+    return None
+
+
+class DeleteHardnessRun(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="delete_hardness_run",
+            label="Hardness: delete a run",
+            description="Delete a hardness run and every field it wrote",
+            dynamic=True,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        key = run_key_input(ctx, inputs)
+        if key is not None:
+            results = ctx.dataset.load_run_results(key, cache=False)
+            inputs.view(
+                "warning",
+                types.Warning(
+                    label="Deletes run '%s'" % key,
+                    description="and its fields: %s (labels are untouched)"
+                    % ", ".join(getattr(results, "fields", None) or []),
+                ),
+            )
+        return types.Property(inputs, view=types.View(label="Delete a run"))
+
+    def execute(self, ctx):
+        key = ctx.params["run_key"]
+        if key not in list_hardness_runs(ctx.dataset):
+            raise HardnessError("No hardness run '%s'" % key)
+        ctx.dataset.delete_run(key)
+        ctx.ops.reload_dataset()
+        return {"deleted": key}
