@@ -1093,7 +1093,7 @@ def _common_results(record, config, cached, on, embeddings_field):
     return {
         "train_accuracy": list(record.train_accuracy),
         "eval_accuracy": list(record.eval_accuracy),
-        "config": dict(
+        "training_config": dict(
             asdict(config), on=on, embeddings_field=embeddings_field
         ),
         "reused_record": bool(cached),
@@ -1205,7 +1205,7 @@ def _single_runner(name):
     def run(data, **kwargs):
         return _run_single(name, data, **kwargs)
 
-    run.__name__ = "run_%s" % name
+    run.__name__ = run.__qualname__ = "run_%s" % name
     run.__doc__ = (
         "Computes the '%s' training-dynamics method (%s) alone, writing "
         "``score``, ``flag`` and its extras; takes the parameters of "

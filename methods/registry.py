@@ -16,7 +16,28 @@ from fiftyone_hardness.methods.base import HardnessError
 logger = logging.getLogger(__name__)
 
 #: method name -> (module, function, one-line description)
-BUILTIN_METHODS = {}
+BUILTIN_METHODS = {
+    **{  # training dynamics: "dynamics" (all 13) and each method alone
+        name: ("fiftyone_hardness.methods.dynamics", "run_" + name, desc)
+        for name, desc in (
+            ("dynamics", "the 13 H-CAT training-dynamics methods, one run"),
+            ("aum", "area under the margin (training dynamics)"),
+            ("data_iq", "Data-IQ groups and confidence (training dynamics)"),
+            ("data_maps", "Data Maps confidence (training dynamics)"),
+            ("el2n", "EL2N error norm early in training"),
+            ("grand", "GraNd per-sample gradient norm"),
+            ("forgetting", "forgetting events (training dynamics)"),
+            ("loss", "small loss (training dynamics)"),
+            ("prototypicality", "distance to the class centroid"),
+            ("vog", "variance of input gradients over checkpoints"),
+            ("allsh", "divergence under augmentation (ALLSH)"),
+            ("conf_agree", "MC-dropout confidence (Conf-Agree)"),
+            ("detector", "P(noisy) from flipped-label trajectories"),
+        )
+    },
+    "consensus": ("fiftyone_hardness.methods.consensus", "run_consensus",
+                  "rank average of existing runs' scores"),
+}
 
 _custom_methods = {}
 

@@ -370,3 +370,174 @@ def test_consensus_reads_members_from_fields():
                             noise_rate=1 / 3)
     assert out.fields["flag"].sum() == 1
     assert out.results["spearman"]["names"] == ["dyn.aum", "dyn.loss", "rer"]
+
+
+# ------------------------------------------------- through apply_hardness
+
+
+def _auroc(truth, values):
+    return roc_auc_score(np.asarray(truth, bool), np.asarray(values, float))
+
+
+def test_dynamics_on_digits_pixels(digits):
+    import fiftyone_hardness  # noqa: F401  (adds apply_hardness)
+
+    fhd.clear_cache()
+    truth = digits.values("mislabeled")
+    results = digits.apply_hardness("dynamics", embeddings_field="pixels")
+
+    aurocs = {}
+    for m in ALL:
+        score = digits.values("dynamics_%s_score" % m)
+        flag = digits.values("dynamics_%s_flag" % m)
+        assert None not in score and None not in flag, m
+        aurocs[m] = _auroc(truth, score)
+    for extra in ("aum_value", "data_iq_group", "data_maps_confidence",
+                  "data_maps_variability", "forgetting_count"):
+        assert None not in digits.values("dynamics_%s" % extra), extra
+    assert set(digits.distinct("dynamics_data_iq_group")) <= {
+        "easy", "ambiguous", "hard"}
+    print("\nAUROC vs the known mistakes (digits pixels, 20% noise):")
+    for m, a in sorted(aurocs.items(), key=lambda kv: -kv[1]):
+        print("  %-16s %.3f" % (m, a))
+    assert min(aurocs.values()) > 0.5, aurocs
+    for m in ("aum", "data_iq", "data_maps", "loss"):
+        assert aurocs[m] >= 0.95, (m, aurocs[m])
+
+    # results: per-method figures, training curve, config
+    loaded = digits.load_run_results("dynamics")
+    assert set(loaded.methods) == set(ALL)
+    for m, res in loaded.methods.items():
+        assert {"num_flagged", "threshold", "noise_rate"} <= set(res), m
+        assert res["num_flagged"] == sum(
+            digits.values("dynamics_%s_flag" % m))
+    assert len(loaded.train_accuracy) == 20
+    assert loaded.eval_accuracy[-1] > 0.7
+    assert loaded.training_config["epochs"] == 20
+    assert 0.1 < loaded.noise_rate < 0.3  # truth: 0.2
+    assert loaded.methods["cleanlab"]["noise_rate"] == pytest.approx(
+        0.2, abs=0.06)
+
+    # a single method reuses the recorded run of the same setup
+    aum = digits.apply_hardness("aum", embeddings_field="pixels")
+    assert aum.reused_record
+    np.testing.assert_allclose(
+        digits.values("aum_score"), digits.values("dynamics_aum_score"))
+    assert digits.has_field("aum_value") and digits.has_field("aum_flag")
+    other = digits.apply_hardness(
+        "loss", embeddings_field="pixels", epochs=3, run_key="loss3")
+    assert not other.reused_record
+
+    # consensus of the learning-dynamics methods
+    members = ["dynamics.%s" % m for m in LEARNING_DYNAMICS]
+    cons = digits.apply_hardness("consensus", runs=members)
+    auc = _auroc(truth, digits.values("consensus_score"))
+    median = float(np.median(list(aurocs.values())))
+    print("  consensus of %s: %.3f (median single %.3f)"
+          % ("+".join(LEARNING_DYNAMICS), auc, median))
+    assert auc >= median
+    names = cons.spearman["names"]
+    matrix = np.asarray(cons.spearman["matrix"])
+    assert names == members and matrix.shape == (8, 8)
+    assert (matrix[np.triu_indices(8, 1)] > 0).all()
+    assert cons.num_flagged == sum(digits.values("consensus_flag"))
+    # a whole dynamics run as a member, next to a single-method run
+    both = digits.apply_hardness(
+        "consensus", runs=["dynamics", "loss3"], run_key="cons_all")
+    assert len(both.members) == 14
+
+    digits.delete_run("dynamics")
+    assert not [f for f in digits.get_field_schema()
+                if f.startswith("dynamics_")]
+
+
+def test_dynamics_bad_input_writes_nothing(digits):
+    import fiftyone_hardness  # noqa: F401
+
+    def nothing_written():
+        return "dynamics" not in digits.list_runs() and not [
+            f for f in digits.get_field_schema() if f.startswith("dynamics")
+        ]
+
+    with pytest.raises(HardnessError, match="at least 2 epochs"):
+        digits.apply_hardness("dynamics", embeddings_field="pixels", epochs=1)
+    with pytest.raises(HardnessError, match="embeddings_field"):
+        digits.apply_hardness("dynamics")
+    with pytest.raises(HardnessError, match="Unknown training-dynamics"):
+        digits.apply_hardness("dynamics", embeddings_field="pixels",
+                              methods=["aum", "nope"])
+    with pytest.raises(HardnessError, match="Unknown training-dynamics par"):
+        digits.apply_hardness("dynamics", embeddings_field="pixels", epoch=3)
+
+    one = digits.match({"ground_truth.label": {"$ne": "3"}}).limit(300)
+    three = digits.match({"ground_truth.label": "3"}).limit(1)
+    ids = one.values("id") + three.values("id")
+    with pytest.raises(HardnessError, match="at least 2 samples per class"):
+        digits.select(ids).apply_hardness(
+            "dynamics", embeddings_field="pixels", epochs=2)
+
+    def interrupt(fraction, message=""):
+        if "epoch 2/" in message:
+            raise KeyboardInterrupt
+
+    with pytest.raises(HardnessError, match="interrupted at epoch 2 of 5"):
+        digits.apply_hardness("dynamics", embeddings_field="pixels",
+                              epochs=5, progress=interrupt)
+    assert nothing_written()
+
+    sample = digits.first()
+    sample["pixels"] = np.full(64, np.nan)
+    sample.save()
+    with pytest.raises(HardnessError, match="NaN"):
+        digits.apply_hardness("dynamics", embeddings_field="pixels", epochs=2)
+    assert nothing_written()
+
+
+def test_small_cnn_on_images_end_to_end(digits):
+    import fiftyone_hardness  # noqa: F401
+
+    view = digits.take(300, seed=0)
+    results = view.apply_hardness(
+        "dynamics", on="images", image_size=16, epochs=3, hidden=32,
+        run_key="cnn",
+    )
+    assert results.training_config["model"] == "cnn"
+    assert len(results.train_accuracy) == 3
+    for m in ALL:
+        score = np.asarray(view.values("cnn_%s_score" % m), dtype=float)
+        assert np.isfinite(score).all(), m
+    assert len(digits.exists("cnn_vog_score")) == 300
+
+
+def test_operators(tmp_path, digits):
+    import os
+
+    import fiftyone as fo
+    import fiftyone.operators as foo
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    os.symlink(repo, plugins / "fiftyone-hardness")
+    old = fo.config.plugins_dir
+    fo.config.plugins_dir = str(plugins)
+    try:
+        uri = "@fiftyone-hardness/hardness/compute_dynamics"
+        view = digits.take(200, seed=1)
+        result = foo.get_operator(uri)(
+            view, embeddings_field="pixels", epochs=3,
+            methods=["aum", "loss", "data_iq"], run_key="op_dyn",
+        )
+        assert result.error is None, result.error
+        assert len(digits.exists("op_dyn_aum_score")) == 200
+        assert not digits.has_field("op_dyn_vog_score")
+
+        result = foo.get_operator(
+            "@fiftyone-hardness/hardness/compute_consensus"
+        )(view, runs=["op_dyn"], run_key="op_cons")
+        assert result.error is None, result.error
+        assert len(digits.exists("op_cons_score")) == 200
+        assert digits.load_run_results("op_cons").members == [
+            "op_dyn.aum", "op_dyn.data_iq", "op_dyn.loss"]
+    finally:
+        fo.config.plugins_dir = old
