@@ -129,8 +129,19 @@ class HardnessPanel(foo.Panel):
         )
         ctx.panel.state.saved_view = name
         ctx.ops.notify("Saved the flagged samples as view '%s'" % name)
+        # the App learns about the new saved view when it reloads the
+        # dataset; loading it by name right away would race that reload
         ctx.ops.reload_dataset()
-        ctx.ops.set_view(name=name)
+        ctx.ops.set_view(
+            run_views.flagged_view(
+                ctx.dataset, results, self._score_field(ctx, results)
+            )
+        )
+
+    def on_open_saved_view(self, ctx):
+        name = ctx.panel.state.saved_view
+        if name and ctx.dataset.has_saved_view(name):
+            ctx.ops.set_view(name=name)
 
     def on_clear_view(self, ctx):
         ctx.ops.clear_view()
@@ -342,8 +353,14 @@ class HardnessPanel(foo.Panel):
         )
         buttons.btn("clear_view", label="Reset view", on_click=self.on_clear_view)
         if state.saved_view:
-            panel.md(
+            saved = panel.h_stack("saved", align_y="center", gap=2)
+            saved.md(
                 "Saved view: **%s**" % state.saved_view, name="saved_view_note"
+            )
+            saved.btn(
+                "open_saved_view",
+                label="Open saved view",
+                on_click=self.on_open_saved_view,
             )
 
         table = types.TableView(on_click_row=self.on_row_click)
