@@ -6,6 +6,7 @@ from fiftyone_hardness.operators.compute_embeddings import ComputeEmbeddings
 from fiftyone_hardness.operators import review as _review
 from fiftyone_hardness.operators import runs as _runs
 from fiftyone_hardness.operators import dynamics as _dynamics
+from fiftyone_hardness.operators import perturb as _perturb
 
 OPERATORS = [
     ComputeEmbeddings,
@@ -19,6 +20,7 @@ OPERATORS = [
     _review.FindCounterexamples,
     _dynamics.ComputeDynamics,
     _dynamics.ComputeConsensus,
+    _perturb.InjectHardness,
 ]
 
 

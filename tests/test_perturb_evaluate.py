@@ -578,3 +578,79 @@ def test_evaluate_run_on_injected_noise(digits_dataset):
     finally:
         for clone in clones:
             clone.delete()
+
+
+# ------------------------------------------------------------ operator
+
+
+def test_operator_lists_every_hardness_type():
+    from fiftyone_hardness.operators import perturb as op
+
+    assert {c[0]: c[1] for c in op.HARDNESS_CHOICES} == (
+        fhp.list_hardness_types()
+    )
+
+
+def test_operator_form_adapts_to_the_type(digits):
+    import fiftyone.operators as foo
+
+    from fiftyone_hardness.operators.perturb import InjectHardness
+
+    def form(**params):
+        ctx = foo.ExecutionContext(
+            request_params=dict(dataset_name=digits.name, params=params)
+        )
+        return InjectHardness().resolve_input(ctx).type.properties
+
+    assert {"hardness", "label_field", "rate", "seed", "name"} <= set(form())
+    human = form(hardness="human", label_field="ground_truth_clean")
+    assert human["annotator_field"].type.values == ["ground_truth"]
+    assert "features_field" in form(hardness="confidence")
+    assert "output_dir" in form(hardness="zoom_shift")
+    assert human["name"].default == "%s-human-p0.1-s0" % digits.name
+    taken = form(hardness="uniform", name=digits.name)
+    assert taken["name"].invalid
+
+
+def test_operator_creates_the_perturbed_clone(digits, tmp_path):
+    import fiftyone.operators as foo
+
+    import app_helpers
+
+    with app_helpers.plugin_dir(tmp_path):
+        uri = "@fiftyone-hardness/hardness/inject_hardness"
+        op = foo.get_operator(uri)
+        result = op(
+            digits,
+            hardness="pair",
+            rate=0.2,
+            seed=3,
+            label_field="ground_truth_clean",
+            name="op-inj-pair",
+            persistent=False,
+        )
+        assert result.error is None, result.error
+        clone = fo.load_dataset("op-inj-pair")
+        try:
+            assert clone.count_values(fhp.TRUTH_FIELD)[True] == round(
+                0.2 * len(digits)
+            )
+        finally:
+            clone.delete()
+
+        result = op(
+            digits,
+            hardness="crop_shift",
+            rate=0.05,
+            output_dir=str(tmp_path / "crops"),
+            name="op-inj-crop",
+            persistent=False,
+        )
+        assert result.error is None, result.error
+        clone = fo.load_dataset("op-inj-crop")
+        try:
+            assert len(os.listdir(tmp_path / "crops")) == round(
+                0.05 * len(digits)
+            )
+        finally:
+            clone.delete()
