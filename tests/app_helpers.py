@@ -17,7 +17,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUGIN = "@fiftyone-hardness/hardness"
 
 #: fast RER settings for plumbing tests on the 64-d digit pixels
-RER_FAST = {"embeddings_field": "pixels", "objective": "reconstruction"}
+RER_FAST = {
+    "embeddings_field": "pixels",
+    "objective": "reconstruction",
+    "epochs": 10,
+}
 
 
 def _centroid_distance(data, embeddings_field="pixels"):
@@ -88,3 +92,40 @@ def plugin_dir(tmp_path):
         yield plugins
     finally:
         fo.config.plugins_dir = old
+
+
+class _Ref(dict):
+    """Attribute access over a dict, like the panel's state/data refs."""
+
+    def __getattr__(self, key):
+        return self.get(key)
+
+    def __setattr__(self, key, value):
+        self[key] = value
+
+
+class _Ops(object):
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        def record(*args, **kwargs):
+            self.calls.append((name, args, kwargs))
+
+        return record
+
+
+class _Panel(object):
+    def __init__(self):
+        self.state = _Ref()
+        self.data = _Ref()
+
+
+class FakePanelContext(object):
+    """The parts of an ExecutionContext the Hardness panel uses."""
+
+    def __init__(self, dataset, params=None):
+        self.dataset = dataset
+        self.params = params or {}
+        self.panel = _Panel()
+        self.ops = _Ops()

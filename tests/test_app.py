@@ -17,7 +17,13 @@ from fiftyone import ViewField as F
 from fiftyone_hardness.methods import run_views
 from fiftyone_hardness.panels.hardness_panel import HardnessPanel
 
-from app_helpers import PLUGIN, add_demo_run, plugin_dir, register_test_method
+from app_helpers import (
+    PLUGIN,
+    FakePanelContext,
+    add_demo_run,
+    plugin_dir,
+    register_test_method,
+)
 
 OPERATOR_NAMES = [
     "list_hardness_runs",
@@ -146,43 +152,6 @@ def test_counterexamples_operator(plugin, digits):
         )
 
 
-class _Ref(dict):
-    """Attribute access over a dict, like the panel's state/data refs."""
-
-    def __getattr__(self, key):
-        return self.get(key)
-
-    def __setattr__(self, key, value):
-        self[key] = value
-
-
-class _Ops(object):
-    def __init__(self):
-        self.calls = []
-
-    def __getattr__(self, name):
-        def record(*args, **kwargs):
-            self.calls.append((name, args, kwargs))
-
-        return record
-
-
-class _Panel(object):
-    def __init__(self):
-        self.state = _Ref()
-        self.data = _Ref()
-
-
-class _Ctx(object):
-    """The parts of an ExecutionContext the Hardness panel uses."""
-
-    def __init__(self, dataset, params=None):
-        self.dataset = dataset
-        self.params = params or {}
-        self.panel = _Panel()
-        self.ops = _Ops()
-
-
 def _last_view(ctx):
     name, args, kwargs = ctx.ops.calls[-1]
     assert name == "set_view"
@@ -192,7 +161,7 @@ def _last_view(ctx):
 def test_panel_data_and_events(two_runs):
     dataset = two_runs
     panel = HardnessPanel()
-    ctx = _Ctx(dataset)
+    ctx = FakePanelContext(dataset)
     panel.on_load(ctx)
     state, data = ctx.panel.state, ctx.panel.data
     assert state.runs == ["first", "second"]
@@ -259,7 +228,7 @@ def test_panel_data_and_events(two_runs):
 
 def test_panel_without_runs_and_with_a_demo_run(digits):
     panel = HardnessPanel()
-    ctx = _Ctx(digits)
+    ctx = FakePanelContext(digits)
     panel.on_load(ctx)
     assert ctx.panel.state.runs == []
     rendered = json.dumps(panel.render(ctx).to_json())
