@@ -105,6 +105,9 @@ class TrainingConfig:
         augment_passes: augmented passes for ALLSH
         augment_noise: std of ALLSH's Gaussian noise, in units of the
             standardized input
+        augment_flip: whether ALLSH also flips images horizontally (every
+            other pass); turn it off where a flip changes the class (digits,
+            text)
         cv_folds: folds of the cross-validated probabilities for cleanlab
         detector_flip_rate: fraction of the samples flipped on purpose in
             the Detector's calibration run
@@ -126,6 +129,7 @@ class TrainingConfig:
     mc_passes: int = 10
     augment_passes: int = 4
     augment_noise: float = 0.1
+    augment_flip: bool = True
     cv_folds: int = 3
     detector_flip_rate: float = 0.1
     eval_batch_size: int = 1024
@@ -293,25 +297,39 @@ class MLP(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """A small CNN for images of any size: two 3x3 conv + max-pool stages,
-    adaptive average pooling to 4x4, ``hidden`` features (ReLU), dropout,
-    linear logits. No batch norm, so eval-mode outputs of a sample do not
-    depend on the rest of its batch."""
+    """A small CNN: two 3x3 conv + 2x2 max-pool stages, ``hidden`` features
+    (ReLU), dropout, linear logits. No batch norm, so eval-mode outputs of a
+    sample do not depend on the rest of its batch, and no adaptive pooling,
+    whose CUDA backward is not deterministic.
+
+    Args:
+        input_shape: ``(C, H, W)`` of the images (H, W >= 4)
+        num_classes: K
+        hidden (128): penultimate width
+        dropout (0.2): dropout before the last layer
+        width (16): channels of the first conv (the second has twice)
+    """
 
     def __init__(
-        self, in_channels, num_classes, hidden=128, dropout=0.2, width=16
+        self, input_shape, num_classes, hidden=128, dropout=0.2, width=16
     ):
         super().__init__()
+        channels, height, width_px = input_shape
+        if height < 4 or width_px < 4:
+            raise HardnessError(
+                "The CNN needs images of at least 4x4 pixels, got %dx%d"
+                % (height, width_px)
+            )
+        flat = 2 * width * (height // 4) * (width_px // 4)
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1),
+            nn.Conv2d(channels, width, 3, padding=1),
             nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Conv2d(width, 2 * width, 3, padding=1),
             nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.AdaptiveAvgPool2d(4),
             nn.Flatten(),
-            nn.Linear(2 * width * 16, hidden),
+            nn.Linear(flat, hidden),
             nn.ReLU(),
         )
         self.dropout = GeneratorDropout(dropout)
@@ -332,7 +350,7 @@ def build_model(config, input_shape, num_classes, device):
         torch.manual_seed(int(config.seed))
         if config.model == "cnn":
             model = SmallCNN(
-                input_shape[0],
+                tuple(input_shape),
                 num_classes,
                 hidden=int(config.hidden),
                 dropout=float(config.dropout),
@@ -465,25 +483,26 @@ def train(
     lo, hi = progress_span
     epoch = 0
     try:
-        for epoch in range(epochs):
-            model.train()
-            order = torch.randperm(n, generator=shuffle_gen).to(device)
-            for start in range(0, n, batch_size):
-                idx = order[start : start + batch_size]
-                logits = model(X_t[idx])
-                loss = F.cross_entropy(logits, y_t[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+        with _deterministic_cudnn():
+            for epoch in range(epochs):
+                model.train()
+                order = torch.randperm(n, generator=shuffle_gen).to(device)
+                for start in range(0, n, batch_size):
+                    idx = order[start : start + batch_size]
+                    logits = model(X_t[idx])
+                    loss = F.cross_entropy(logits, y_t[idx])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    if recorder is not None:
+                        recorder.on_batch(epoch, idx, logits.detach())
                 if recorder is not None:
-                    recorder.on_batch(epoch, idx, logits.detach())
-            if recorder is not None:
-                recorder.on_epoch_end(epoch)
-            if progress is not None:
-                progress(
-                    lo + (hi - lo) * (epoch + 1) / epochs,
-                    "epoch %d/%d" % (epoch + 1, epochs),
-                )
+                    recorder.on_epoch_end(epoch)
+                if progress is not None:
+                    progress(
+                        lo + (hi - lo) * (epoch + 1) / epochs,
+                        "epoch %d/%d" % (epoch + 1, epochs),
+                    )
     except (KeyboardInterrupt, Exception) as e:
         if isinstance(e, HardnessError):
             raise
@@ -499,6 +518,15 @@ def train(
 
     model.eval()
     return model, (recorder.finish() if recorder is not None else None)
+
+
+def _deterministic_cudnn():
+    # cuDNN's fastest convolution backward kernels are not deterministic
+    return torch.backends.cudnn.flags(
+        enabled=torch.backends.cudnn.enabled,
+        benchmark=False,
+        deterministic=True,
+    )
 
 
 class _Recorder(object):
@@ -524,6 +552,7 @@ class _Recorder(object):
         e = int(config.epochs)
         self.logits = torch.empty((e, n, num_classes), device=device)
         self.margins = torch.empty((e, n), device=device)
+        self._batches = []
         self.features = None
         self.grad_norms = None
         self.vog = _RunningVariance() if "vog" in self.needs else None
@@ -532,9 +561,16 @@ class _Recorder(object):
         self.aug_probs = None
 
     def on_batch(self, epoch, idx, logits):
-        self.margins[epoch, idx] = margins_of(logits, self.y[idx])
+        # kept as is; the margins of the epoch are computed in one go at its
+        # end (no extra kernels per minibatch)
+        self._batches.append((idx, logits))
 
     def on_epoch_end(self, epoch):
+        if self._batches:
+            idx = torch.cat([b[0] for b in self._batches])
+            logits = torch.cat([b[1] for b in self._batches])
+            self.margins[epoch, idx] = margins_of(logits, self.y[idx])
+            self._batches = []
         model = self.model
         model.eval()
         last = epoch == self.config.epochs - 1
@@ -575,7 +611,7 @@ class _Recorder(object):
                 float(self.config.augment_noise),
                 self.config.eval_batch_size,
                 _generator(self.device, self.config.seed + 4),
-                images=self.config.model == "cnn",
+                flip=self.config.model == "cnn" and self.config.augment_flip,
             )
 
     def finish(self):
@@ -760,14 +796,14 @@ def _mc_dropout_probs(model, X, passes, batch_size, generator):
 
 
 @torch.no_grad()
-def _augmented_probs(model, X, passes, noise, batch_size, generator, images):
+def _augmented_probs(model, X, passes, noise, batch_size, generator, flip):
     model.eval()
     out = []
     for a in range(passes):
         probs = []
         for s in range(0, len(X), batch_size):
             x = X[s : s + batch_size]
-            if images and a % 2 == 0:
+            if flip and a % 2 == 0:
                 x = torch.flip(x, dims=(-1,))
             x = x + noise * torch.randn(
                 x.shape, generator=generator, device=x.device
