@@ -20,6 +20,7 @@ the small CNN on the digits as 16x16 images. Run::
     .venv/bin/python benchmarks/dynamics.py [--model mlp|cnn|both]
         [--epochs 20] [--repeats 5] [--threads 1] [--tile 1]
 """
+
 import argparse
 import time
 
@@ -40,8 +41,11 @@ def load(model, tile):
     if tile > 1:
         rng = np.random.default_rng(0)
         X = np.concatenate(
-            [X] + [X + rng.normal(0, 0.05, X.shape).astype(np.float32)
-                   for _ in range(tile - 1)]
+            [X]
+            + [
+                X + rng.normal(0, 0.05, X.shape).astype(np.float32)
+                for _ in range(tile - 1)
+            ]
         )
         y = np.tile(y, tile)
     noisy, mask = inject_label_noise(y, 10, 0.2, seed=0)
@@ -75,8 +79,11 @@ def bench(model, args):
     times = {"plain": [], "cheap": [], "all": []}
     outputs = {}
     for _ in range(args.repeats):
-        for name, fn in (("plain", plain), ("cheap", cheap),
-                         ("all", everything)):
+        for name, fn in (
+            ("plain", plain),
+            ("cheap", cheap),
+            ("all", everything),
+        ):
             if name == "all" and len(times["all"]) >= args.all_repeats:
                 continue
             start = time.perf_counter()
@@ -88,23 +95,48 @@ def bench(model, args):
     print(
         "\n%s on %s: N=%d, input %s, %d epochs, batch %d, device %s, "
         "%d torch threads"
-        % (model.upper(), "digits (20% symmetric noise)", len(y),
-           tuple(X.shape[1:]), args.epochs, config.batch_size, device,
-           torch.get_num_threads())
+        % (
+            model.upper(),
+            "digits (20% symmetric noise)",
+            len(y),
+            tuple(X.shape[1:]),
+            args.epochs,
+            config.batch_size,
+            device,
+            torch.get_num_threads(),
+        )
     )
     print("  %-34s %8s %8s" % ("", "median s", "x plain"))
-    print("  %-34s %8.3f %8.2f" % ("plain training (baseline)",
-                                   med["plain"], 1.0))
-    print("  %-34s %8.3f %8.2f" % ("recorder + 6 cheap methods",
-                                   med["cheap"], med["cheap"] / med["plain"]))
-    print("  %-34s %8.3f %8.2f" % ("recorder + all 13 methods",
-                                   med["all"], med["all"] / med["plain"]))
-    print("  runs: plain %s | cheap %s | all %s" % tuple(
-        ", ".join("%.3f" % t for t in times[k]) for k in ("plain", "cheap",
-                                                          "all")))
-    print("  AUROC vs the known mistakes (last measured run): " + ", ".join(
-        "%s %.3f" % (k, roc_auc_score(mask, v.score))
-        for k, v in outputs.items()))
+    print(
+        "  %-34s %8.3f %8.2f"
+        % ("plain training (baseline)", med["plain"], 1.0)
+    )
+    print(
+        "  %-34s %8.3f %8.2f"
+        % (
+            "recorder + 6 cheap methods",
+            med["cheap"],
+            med["cheap"] / med["plain"],
+        )
+    )
+    print(
+        "  %-34s %8.3f %8.2f"
+        % ("recorder + all 13 methods", med["all"], med["all"] / med["plain"])
+    )
+    print(
+        "  runs: plain %s | cheap %s | all %s"
+        % tuple(
+            ", ".join("%.3f" % t for t in times[k])
+            for k in ("plain", "cheap", "all")
+        )
+    )
+    print(
+        "  AUROC vs the known mistakes (last measured run): "
+        + ", ".join(
+            "%s %.3f" % (k, roc_auc_score(mask, v.score))
+            for k, v in outputs.items()
+        )
+    )
     ok = med["cheap"] / med["plain"] <= 1.3
     print("  goal cheap <= 1.3x plain: %s" % ("met" if ok else "NOT met"))
     return med
@@ -112,16 +144,29 @@ def bench(model, args):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="both",
-                        choices=["mlp", "cnn", "both"])
+    parser.add_argument(
+        "--model", default="both", choices=["mlp", "cnn", "both"]
+    )
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--all-repeats", type=int, default=2,
-                        help="rounds that also time all 13 (slowest)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (0: leave torch's default)")
-    parser.add_argument("--tile", type=int, default=1,
-                        help="repeat the data this many times (jittered)")
+    parser.add_argument(
+        "--all-repeats",
+        type=int,
+        default=2,
+        help="rounds that also time all 13 (slowest)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (0: leave torch's default)",
+    )
+    parser.add_argument(
+        "--tile",
+        type=int,
+        default=1,
+        help="repeat the data this many times (jittered)",
+    )
     parser.add_argument("--device", default=None)
     args = parser.parse_args()
     if args.threads:

@@ -11,6 +11,7 @@ Members are named as
 
 Every score is oriented higher = harder, so ranks average directly.
 """
+
 import logging
 
 import numpy as np
@@ -100,9 +101,7 @@ def consensus(scores, flags=None, rule="majority", noise_rate=None):
     names = list(scores)
     score = rank_average(scores)
     flags = {k: np.asarray(v, dtype=bool) for k, v in (flags or {}).items()}
-    votes = (
-        np.sum([flags[k] for k in flags], axis=0) if flags else None
-    )
+    votes = np.sum([flags[k] for k in flags], axis=0) if flags else None
     threshold = None
     if rule == "majority":
         if not flags:
@@ -196,8 +195,8 @@ def resolve_members(data, runs):
             if missing:
                 raise HardnessError(
                     "'%s_score' has no value for %d of the %d samples; run "
-                    "'%s' on this view first" % (base, missing, len(values),
-                                                 name)
+                    "'%s' on this view first"
+                    % (base, missing, len(values), name)
                 )
             scores[name] = np.asarray(values, dtype=np.float64)
             flag = _try_values(data, base + "_flag")

@@ -30,6 +30,7 @@ Models: :class:`MLP` on an embeddings field (default) and
 The ``run_*`` functions at the end are the registry adapters of
 ``"dynamics"`` (all 13 methods) and of each single method.
 """
+
 import collections
 import copy
 import hashlib
@@ -272,9 +273,10 @@ class GeneratorDropout(nn.Module):
     def forward(self, x):
         if not self.training or self.p <= 0:
             return x
-        keep = torch.rand(
-            x.shape, generator=self.generator, device=x.device
-        ) >= self.p
+        keep = (
+            torch.rand(x.shape, generator=self.generator, device=x.device)
+            >= self.p
+        )
         return x * keep / (1.0 - self.p)
 
 
@@ -550,7 +552,8 @@ class _Recorder(object):
         self.device = device
         n = len(y)
         e = int(config.epochs)
-        self.logits = torch.empty((e, n, num_classes), device=device)
+        # (E, N, K) lives in host memory: one copy per epoch
+        self.logits = np.empty((e, n, num_classes), dtype=np.float32)
         self.margins = torch.empty((e, n), device=device)
         self._batches = []
         self.features = None
@@ -578,7 +581,7 @@ class _Recorder(object):
         logits, features = _eval_pass(
             model, self.X, self.config.eval_batch_size, want_features
         )
-        self.logits[epoch] = logits
+        self.logits[epoch] = logits.float().cpu().numpy()
         if want_features:
             self.features = features
         if "grand" in self.needs and epoch == self.config.early_index:
@@ -615,15 +618,14 @@ class _Recorder(object):
             )
 
     def finish(self):
-        y = self.y
-        logits = self.logits
-        eval_acc = (logits.argmax(-1) == y[None]).float().mean(1)
-        train_acc = (self.margins > 0).float().mean(1)
+        labels = self.y.cpu().numpy()
+        eval_acc = (self.logits.argmax(-1) == labels[None]).mean(1)
+        train_acc = (self.margins > 0).float().mean(1).cpu().numpy()
         to_np = _to_numpy
         return TrainingRecord(
-            labels=y.cpu().numpy(),
+            labels=labels,
             num_classes=self.k,
-            logits=to_np(logits),
+            logits=self.logits,
             margins=to_np(self.margins),
             early_index=self.config.early_index,
             features=to_np(self.features),
@@ -633,8 +635,8 @@ class _Recorder(object):
             ),
             mc_probs=to_np(self.mc_probs),
             aug_probs=to_np(self.aug_probs),
-            train_accuracy=[float(a) for a in train_acc.cpu()],
-            eval_accuracy=[float(a) for a in eval_acc.cpu()],
+            train_accuracy=[float(a) for a in train_acc],
+            eval_accuracy=[float(a) for a in eval_acc],
             needs=self.needs,
             config=asdict(self.config),
         )
@@ -699,7 +701,9 @@ def per_sample_grad_norms(model, X, y, batch_size=1024):
         grads = per_sample(
             params, X[start : start + chunk], y[start : start + chunk]
         )
-        sq = sum(g.reshape(g.shape[0], -1).pow(2).sum(1) for g in grads.values())
+        sq = sum(
+            g.reshape(g.shape[0], -1).pow(2).sum(1) for g in grads.values()
+        )
         norms.append(sq.sqrt())
     model.train(was_training)
     return torch.cat(norms)
@@ -784,7 +788,7 @@ def _mc_dropout_probs(model, X, passes, batch_size, generator):
                         model(X[s : s + batch_size]).softmax(-1)
                         for s in range(0, len(X), batch_size)
                     ]
-                )
+                ).cpu()
                 for _ in range(passes)
             ]
         )
@@ -809,7 +813,7 @@ def _augmented_probs(model, X, passes, noise, batch_size, generator, flip):
                 x.shape, generator=generator, device=x.device
             )
             probs.append(model(x).softmax(-1))
-        out.append(torch.cat(probs))
+        out.append(torch.cat(probs).cpu())
     return torch.stack(out)
 
 
@@ -852,7 +856,9 @@ def record_training(
     needs = frozenset(needs) | _ALWAYS
     labels = np.asarray(labels, dtype=np.int64)
     n = len(labels)
-    check_classes(labels, num_classes, min_per_class=2, what="Training dynamics")
+    check_classes(
+        labels, num_classes, min_per_class=2, what="Training dynamics"
+    )
     if n < 4:
         raise HardnessError("Training dynamics need at least 4 samples")
 
@@ -860,8 +866,10 @@ def record_training(
     folds = int(config.cv_folds)
     units = [("main run", 1.0)]
     if "cv_probs" in needs:
-        units += [("fold %d/%d" % (f + 1, folds), (folds - 1.0) / folds)
-                  for f in range(folds)]
+        units += [
+            ("fold %d/%d" % (f + 1, folds), (folds - 1.0) / folds)
+            for f in range(folds)
+        ]
     if "calibration" in needs:
         units.append(("calibration run", 1.0))
     total = sum(u[1] for u in units)
@@ -878,7 +886,13 @@ def record_training(
 
     inner = needs - {"cv_probs", "calibration"}
     _, record = train(
-        X, labels, num_classes, config, inner, device, reporter(0),
+        X,
+        labels,
+        num_classes,
+        config,
+        inner,
+        device,
+        reporter(0),
         progress_span=span(0),
     )
     unit = 1
@@ -893,8 +907,13 @@ def record_training(
         for train_idx, test_idx in splitter.split(np.zeros(n), labels):
             fold_config = copy.copy(config)
             model, _ = train(
-                X[train_idx], labels[train_idx], num_classes, fold_config,
-                device=device, progress=reporter(unit), record=False,
+                X[train_idx],
+                labels[train_idx],
+                num_classes,
+                fold_config,
+                device=device,
+                progress=reporter(unit),
+                record=False,
                 progress_span=span(unit),
             )
             cv_probs[test_idx] = predict_probs(
@@ -915,8 +934,11 @@ def record_training(
         count = int(round(float(config.detector_flip_rate) * n))
         count = max(2, min(count, len(candidates) // 2))
         flipped_sub, mask_sub = inject_label_noise(
-            labels[candidates], num_classes, count / len(candidates),
-            kind="symmetric", seed=config.seed + 5,
+            labels[candidates],
+            num_classes,
+            count / len(candidates),
+            kind="symmetric",
+            seed=config.seed + 5,
         )
         calib_labels = labels.copy()
         calib_labels[candidates] = flipped_sub
@@ -925,8 +947,14 @@ def record_training(
         calib_config = copy.copy(config)
         calib_config.seed = config.seed + 1000
         _, calib = train(
-            X, calib_labels, num_classes, calib_config, (), device,
-            reporter(unit), progress_span=span(unit),
+            X,
+            calib_labels,
+            num_classes,
+            calib_config,
+            (),
+            device,
+            reporter(unit),
+            progress_span=span(unit),
         )
         record.calib_probs = calib.label_probs
         record.calib_flipped = flipped
@@ -952,8 +980,11 @@ def training_key(X, labels, num_classes, config, device):
     h.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
     h.update(
         json.dumps(
-            {"config": asdict(config), "k": int(num_classes),
-             "device": str(device)},
+            {
+                "config": asdict(config),
+                "k": int(num_classes),
+                "device": str(device),
+            },
             sort_keys=True,
         ).encode()
     )
@@ -961,7 +992,13 @@ def training_key(X, labels, num_classes, config, device):
 
 
 def get_record(
-    X, labels, num_classes, config, needs, device=None, progress=None,
+    X,
+    labels,
+    num_classes,
+    config,
+    needs,
+    device=None,
+    progress=None,
     use_cache=True,
 ):
     """Returns a :class:`TrainingRecord` with ``needs``, reusing the
@@ -1077,8 +1114,13 @@ def compute_methods(record, methods=None, noise_rate=None):
     }
 
 
-def load_inputs(data, embeddings_field=None, on="embeddings", image_size=32,
-                channels="auto"):
+def load_inputs(
+    data,
+    embeddings_field=None,
+    on="embeddings",
+    image_size=32,
+    channels="auto",
+):
     """Reads the training inputs of ``data``: its embeddings field, or its
     images (``on="images"``)."""
     if on == "images":
@@ -1097,8 +1139,17 @@ def load_inputs(data, embeddings_field=None, on="embeddings", image_size=32,
     return data.embeddings(embeddings_field)
 
 
-def _record_for(data, methods, embeddings_field, on, image_size, channels,
-                device, use_cache, kwargs):
+def _record_for(
+    data,
+    methods,
+    embeddings_field,
+    on,
+    image_size,
+    channels,
+    device,
+    use_cache,
+    kwargs,
+):
     from fiftyone_hardness.methods import hardness_scores as fhs
 
     unknown = set(kwargs) - _CONFIG_FIELDS
@@ -1107,20 +1158,26 @@ def _record_for(data, methods, embeddings_field, on, image_size, channels,
             "Unknown training-dynamics parameter(s) %s; known: %s"
             % (", ".join(sorted(unknown)), ", ".join(sorted(_CONFIG_FIELDS)))
         )
-    config = TrainingConfig(
-        model="cnn" if on == "images" else "mlp", **kwargs
-    )
+    config = TrainingConfig(model="cnn" if on == "images" else "mlp", **kwargs)
     config.validate()
     instances = fhs.get_methods(methods)
     check_classes(
-        data.labels, data.num_classes, min_per_class=2,
+        data.labels,
+        data.num_classes,
+        min_per_class=2,
         what="Training dynamics",
     )
     X = load_inputs(data, embeddings_field, on, image_size, channels)
     X = prepare_inputs(X, config)
     record, cached = get_record(
-        X, data.labels, data.num_classes, config, fhs.needs_of(instances),
-        device=device, progress=data.progress, use_cache=use_cache,
+        X,
+        data.labels,
+        data.num_classes,
+        config,
+        fhs.needs_of(instances),
+        device=device,
+        progress=data.progress,
+        use_cache=use_cache,
     )
     return record, [m.name for m in instances], config, cached
 
@@ -1146,7 +1203,7 @@ def run_dynamics(
     channels="auto",
     device=None,
     use_cache=True,
-    **training
+    **training,
 ):
     """Trains once with the recorder and computes the training-dynamics
     methods (all 13 by default).
@@ -1177,8 +1234,15 @@ def run_dynamics(
         a :class:`fiftyone_hardness.methods.base.MethodOutput`
     """
     record, names, config, cached = _record_for(
-        data, methods, embeddings_field, on, image_size, channels, device,
-        use_cache, training,
+        data,
+        methods,
+        embeddings_field,
+        on,
+        image_size,
+        channels,
+        device,
+        use_cache,
+        training,
     )
     computed = compute_methods(record, names, noise_rate)
     fields = {}
@@ -1216,12 +1280,28 @@ def run_dynamics(
     return MethodOutput(fields=fields, results=results)
 
 
-def _run_single(name, data, embeddings_field=None, on="embeddings",
-                noise_rate=None, image_size=32, channels="auto", device=None,
-                use_cache=True, **training):
+def _run_single(
+    name,
+    data,
+    embeddings_field=None,
+    on="embeddings",
+    noise_rate=None,
+    image_size=32,
+    channels="auto",
+    device=None,
+    use_cache=True,
+    **training,
+):
     record, _, config, cached = _record_for(
-        data, [name], embeddings_field, on, image_size, channels, device,
-        use_cache, training,
+        data,
+        [name],
+        embeddings_field,
+        on,
+        image_size,
+        channels,
+        device,
+        use_cache,
+        training,
     )
     out = compute_methods(record, [name], noise_rate)[name]
     fields = {"score": out.score, "flag": out.flag}

@@ -21,6 +21,7 @@ Flag rules:
   top ``noise_rate`` fraction of scores, where ``noise_rate`` is the one
   given, else the estimate of :func:`estimate_noise_rate`
 """
+
 import logging
 from dataclasses import dataclass, field
 
@@ -383,9 +384,7 @@ def trajectory_features(label_probs):
     """Detector features of (E, N) probability trajectories: the E values
     plus their mean, std, min and max -> (N, E + 4)."""
     p = np.asarray(label_probs, dtype=np.float64)
-    return np.column_stack(
-        [p.T, p.mean(0), p.std(0), p.min(0), p.max(0)]
-    )
+    return np.column_stack([p.T, p.mean(0), p.std(0), p.min(0), p.max(0)])
 
 
 class Detector(HardnessMethod):

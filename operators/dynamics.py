@@ -6,6 +6,7 @@ chosen training-dynamics methods, progress per epoch) and the
 Both are thin: they parse the form and call
 :func:`fiftyone_hardness.api.apply_hardness`.
 """
+
 import logging
 
 import fiftyone.operators.types as types
@@ -162,7 +163,7 @@ class ComputeDynamics(HardnessOperator):
             label_field=ctx.params["label_field"],
             run_key=ctx.params.get("run_key") or self.method,
             overwrite=bool(ctx.params.get("overwrite", False)),
-            **params
+            **params,
         )
         if not ctx.delegated:
             yield ctx.trigger("reload_dataset")
@@ -181,8 +182,11 @@ def consensus_members(dataset):
         suffixes = list(getattr(config, "field_suffixes", []) or [])
         if "score" in suffixes:
             choices.append((key, "%s (%s)" % (key, config.method)))
-        methods = [s[: -len("_score")] for s in suffixes
-                   if s.endswith("_score") and s != "score"]
+        methods = [
+            s[: -len("_score")]
+            for s in suffixes
+            if s.endswith("_score") and s != "score"
+        ]
         if methods:
             choices.append((key, "%s: all %d methods" % (key, len(methods))))
             choices.extend(
@@ -227,7 +231,10 @@ class ComputeConsensus(HardnessOperator):
         rule.add_choice("majority", label="Flagged by most members")
         rule.add_choice("top", label="Top noise-rate fraction")
         inputs.enum(
-            "rule", rule.values(), default="majority", label="Flag rule",
+            "rule",
+            rule.values(),
+            default="majority",
+            label="Flag rule",
             view=rule,
         )
         if ctx.params.get("rule") == "top":

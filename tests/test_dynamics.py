@@ -3,6 +3,7 @@ Training dynamics: the recorder, the 13 H-CAT methods (formulas pinned on a
 hand-made record, quality on digits with known noise), the consensus, bad
 input, and the run / operator path through ``dataset.apply_hardness``.
 """
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +17,13 @@ from fiftyone_hardness.methods.label_noise import inject_label_noise
 
 ALL = list(fhs.METHODS)
 LEARNING_DYNAMICS = [
-    "aum", "data_iq", "data_maps", "el2n", "grand", "forgetting", "loss",
+    "aum",
+    "data_iq",
+    "data_maps",
+    "el2n",
+    "grand",
+    "forgetting",
+    "loss",
     "vog",
 ]
 
@@ -84,7 +91,8 @@ def test_formulas_on_hand_made_record(record):
     conf = p.mean(0)
     alea = (p * (1 - p)).mean(0)
     groups = np.where(
-        (conf >= 0.8) & (alea <= 0.15), "easy",
+        (conf >= 0.8) & (alea <= 0.15),
+        "easy",
         np.where((conf <= 0.2) & (alea <= 0.15), "hard", "ambiguous"),
     )
     level = np.select([groups == "easy", groups == "hard"], [0, 2], 1)
@@ -106,9 +114,7 @@ def test_formulas_on_hand_made_record(record):
     el2n = np.linalg.norm(probs[1] - np.eye(3)[y], axis=1)
     np.testing.assert_allclose(out["el2n"].score, el2n)
     # top-fraction flags: 1/3 of 6 = the 2 highest
-    np.testing.assert_array_equal(
-        out["el2n"].flag, el2n >= np.sort(el2n)[-2]
-    )
+    np.testing.assert_array_equal(out["el2n"].flag, el2n >= np.sort(el2n)[-2])
 
     # GraNd: the recorded per-sample gradient norms
     np.testing.assert_allclose(out["grand"].score, record.grad_norms)
@@ -157,9 +163,7 @@ def test_formulas_on_hand_made_record(record):
     from sklearn.linear_model import LogisticRegression
 
     def feats(q):
-        return np.column_stack(
-            [q.T, q.mean(0), q.std(0), q.min(0), q.max(0)]
-        )
+        return np.column_stack([q.T, q.mean(0), q.std(0), q.min(0), q.max(0)])
 
     lr = LogisticRegression(max_iter=2000).fit(
         feats(record.calib_probs), record.calib_flipped
@@ -240,11 +244,15 @@ def test_recorder_does_not_change_the_trained_model(model):
     np.testing.assert_allclose(
         fhd.softmax(record.logits[-1]),
         fhd.predict_probs(recorded, X),
-        rtol=1e-4, atol=1e-6,
+        rtol=1e-4,
+        atol=1e-6,
     )
     # another seed trains another model
     other, _ = fhd.train(
-        X, y, 10, fhd.TrainingConfig(model=model, epochs=3, hidden=32),
+        X,
+        y,
+        10,
+        fhd.TrainingConfig(model=model, epochs=3, hidden=32),
         record=False,
     )
     assert not torch.equal(_state(other)["head.weight"], b["head.weight"])
@@ -260,9 +268,11 @@ def test_vectorized_gradients_match_a_loop():
     logit_grads = fhd.input_gradients(model, X, y, 4, target="logit")
     for i in range(9):
         model.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(X[i : i + 1]), y[i : i + 1])
+        loss = torch.nn.functional.cross_entropy(
+            model(X[i : i + 1]), y[i : i + 1]
+        )
         loss.backward()
-        norm = torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters()))
+        norm = torch.sqrt(sum((p.grad**2).sum() for p in model.parameters()))
         assert torch.allclose(norms[i], norm, rtol=1e-5)
         x = X[i : i + 1].clone().requires_grad_(True)
         (g,) = torch.autograd.grad(model(x).log_softmax(-1)[0, y[i]], x)
@@ -308,7 +318,9 @@ def test_interrupted_training_records_nothing():
         if "epoch 2/" in message:
             raise KeyboardInterrupt
 
-    with pytest.raises(fhd.TrainingInterrupted, match="interrupted at epoch 2"):
+    with pytest.raises(
+        fhd.TrainingInterrupted, match="interrupted at epoch 2"
+    ):
         fhd.get_record(X, y, 10, config, (), progress=stop)
     assert not fhd._RECORD_CACHE
 
@@ -356,8 +368,10 @@ def test_consensus_reads_members_from_fields():
         return values[path]
 
     data = LabeledData(
-        ids=np.array(["a", "b", "c"]), labels=np.array([0, 1, 0]),
-        classes=["x", "y"], load_values=load,
+        ids=np.array(["a", "b", "c"]),
+        labels=np.array([0, 1, 0]),
+        classes=["x", "y"],
+        load_values=load,
     )
     scores, flags = fhc.resolve_members(data, ["dyn", "rer"])
     assert sorted(scores) == ["dyn.aum", "dyn.loss", "rer"]
@@ -366,8 +380,9 @@ def test_consensus_reads_members_from_fields():
     assert list(scores) == ["dyn.loss"]
     with pytest.raises(HardnessError, match="No scores for consensus"):
         fhc.resolve_members(data, ["nothing"])
-    out = fhc.run_consensus(data, runs=["dyn", "rer"], rule="top",
-                            noise_rate=1 / 3)
+    out = fhc.run_consensus(
+        data, runs=["dyn", "rer"], rule="top", noise_rate=1 / 3
+    )
     assert out.fields["flag"].sum() == 1
     assert out.results["spearman"]["names"] == ["dyn.aum", "dyn.loss", "rer"]
 
@@ -392,11 +407,19 @@ def test_dynamics_on_digits_pixels(digits):
         flag = digits.values("dynamics_%s_flag" % m)
         assert None not in score and None not in flag, m
         aurocs[m] = _auroc(truth, score)
-    for extra in ("aum_value", "data_iq_group", "data_maps_confidence",
-                  "data_maps_variability", "forgetting_count"):
+    for extra in (
+        "aum_value",
+        "data_iq_group",
+        "data_maps_confidence",
+        "data_maps_variability",
+        "forgetting_count",
+    ):
         assert None not in digits.values("dynamics_%s" % extra), extra
     assert set(digits.distinct("dynamics_data_iq_group")) <= {
-        "easy", "ambiguous", "hard"}
+        "easy",
+        "ambiguous",
+        "hard",
+    }
     print("\nAUROC vs the known mistakes (digits pixels, 20% noise):")
     for m, a in sorted(aurocs.items(), key=lambda kv: -kv[1]):
         print("  %-16s %.3f" % (m, a))
@@ -409,23 +432,25 @@ def test_dynamics_on_digits_pixels(digits):
     assert set(loaded.methods) == set(ALL)
     for m, res in loaded.methods.items():
         assert {"num_flagged", "threshold", "noise_rate"} <= set(res), m
-        assert res["num_flagged"] == sum(
-            digits.values("dynamics_%s_flag" % m))
+        assert res["num_flagged"] == sum(digits.values("dynamics_%s_flag" % m))
     assert len(loaded.train_accuracy) == 20
     assert loaded.eval_accuracy[-1] > 0.7
     assert loaded.training_config["epochs"] == 20
     assert 0.1 < loaded.noise_rate < 0.3  # truth: 0.2
     assert loaded.methods["cleanlab"]["noise_rate"] == pytest.approx(
-        0.2, abs=0.06)
+        0.2, abs=0.06
+    )
 
     # a single method reuses the recorded run of the same setup
     aum = digits.apply_hardness("aum", embeddings_field="pixels")
     assert aum.reused_record
     np.testing.assert_allclose(
-        digits.values("aum_score"), digits.values("dynamics_aum_score"))
+        digits.values("aum_score"), digits.values("dynamics_aum_score")
+    )
     assert digits.has_field("aum_value") and digits.has_field("aum_flag")
     other = digits.apply_hardness(
-        "loss", embeddings_field="pixels", epochs=3, run_key="loss3")
+        "loss", embeddings_field="pixels", epochs=3, run_key="loss3"
+    )
     assert not other.reused_record
 
     # consensus of the learning-dynamics methods
@@ -433,8 +458,10 @@ def test_dynamics_on_digits_pixels(digits):
     cons = digits.apply_hardness("consensus", runs=members)
     auc = _auroc(truth, digits.values("consensus_score"))
     median = float(np.median(list(aurocs.values())))
-    print("  consensus of %s: %.3f (median single %.3f)"
-          % ("+".join(LEARNING_DYNAMICS), auc, median))
+    print(
+        "  consensus of %s: %.3f (median single %.3f)"
+        % ("+".join(LEARNING_DYNAMICS), auc, median)
+    )
     assert auc >= median
     names = cons.spearman["names"]
     matrix = np.asarray(cons.spearman["matrix"])
@@ -443,12 +470,14 @@ def test_dynamics_on_digits_pixels(digits):
     assert cons.num_flagged == sum(digits.values("consensus_flag"))
     # a whole dynamics run as a member, next to a single-method run
     both = digits.apply_hardness(
-        "consensus", runs=["dynamics", "loss3"], run_key="cons_all")
+        "consensus", runs=["dynamics", "loss3"], run_key="cons_all"
+    )
     assert len(both.members) == 14
 
     digits.delete_run("dynamics")
-    assert not [f for f in digits.get_field_schema()
-                if f.startswith("dynamics_")]
+    assert not [
+        f for f in digits.get_field_schema() if f.startswith("dynamics_")
+    ]
 
 
 def test_dynamics_bad_input_writes_nothing(digits):
@@ -464,8 +493,9 @@ def test_dynamics_bad_input_writes_nothing(digits):
     with pytest.raises(HardnessError, match="embeddings_field"):
         digits.apply_hardness("dynamics")
     with pytest.raises(HardnessError, match="Unknown training-dynamics"):
-        digits.apply_hardness("dynamics", embeddings_field="pixels",
-                              methods=["aum", "nope"])
+        digits.apply_hardness(
+            "dynamics", embeddings_field="pixels", methods=["aum", "nope"]
+        )
     with pytest.raises(HardnessError, match="Unknown training-dynamics par"):
         digits.apply_hardness("dynamics", embeddings_field="pixels", epoch=3)
 
@@ -474,15 +504,17 @@ def test_dynamics_bad_input_writes_nothing(digits):
     ids = one.values("id") + three.values("id")
     with pytest.raises(HardnessError, match="at least 2 samples per class"):
         digits.select(ids).apply_hardness(
-            "dynamics", embeddings_field="pixels", epochs=2)
+            "dynamics", embeddings_field="pixels", epochs=2
+        )
 
     def interrupt(fraction, message=""):
         if "epoch 2/" in message:
             raise KeyboardInterrupt
 
     with pytest.raises(HardnessError, match="interrupted at epoch 2 of 5"):
-        digits.apply_hardness("dynamics", embeddings_field="pixels",
-                              epochs=5, progress=interrupt)
+        digits.apply_hardness(
+            "dynamics", embeddings_field="pixels", epochs=5, progress=interrupt
+        )
     assert nothing_written()
 
     sample = digits.first()
@@ -498,7 +530,11 @@ def test_small_cnn_on_images_end_to_end(digits):
 
     view = digits.take(300, seed=0)
     results = view.apply_hardness(
-        "dynamics", on="images", image_size=16, epochs=3, hidden=32,
+        "dynamics",
+        on="images",
+        image_size=16,
+        epochs=3,
+        hidden=32,
         run_key="cnn",
     )
     assert results.training_config["model"] == "cnn"
@@ -525,8 +561,11 @@ def test_operators(tmp_path, digits):
         uri = "@fiftyone-hardness/hardness/compute_dynamics"
         view = digits.take(200, seed=1)
         result = foo.get_operator(uri)(
-            view, embeddings_field="pixels", epochs=3,
-            methods=["aum", "loss", "data_iq"], run_key="op_dyn",
+            view,
+            embeddings_field="pixels",
+            epochs=3,
+            methods=["aum", "loss", "data_iq"],
+            run_key="op_dyn",
         )
         assert result.error is None, result.error
         assert len(digits.exists("op_dyn_aum_score")) == 200
@@ -538,6 +577,9 @@ def test_operators(tmp_path, digits):
         assert result.error is None, result.error
         assert len(digits.exists("op_cons_score")) == 200
         assert digits.load_run_results("op_cons").members == [
-            "op_dyn.aum", "op_dyn.data_iq", "op_dyn.loss"]
+            "op_dyn.aum",
+            "op_dyn.data_iq",
+            "op_dyn.loss",
+        ]
     finally:
         fo.config.plugins_dir = old
