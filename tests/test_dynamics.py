@@ -583,3 +583,23 @@ def test_operators(tmp_path, digits):
         ]
     finally:
         fo.config.plugins_dir = old
+
+    # the forms build for both inputs and list the runs as members
+    from types import SimpleNamespace
+
+    from fiftyone_hardness.operators import dynamics as fhod
+
+    for params in ({}, {"on": "images"}, {"epochs": 1}):
+        ctx = SimpleNamespace(
+            params=params, view=digits.view(), dataset=digits
+        )
+        form = fhod.ComputeDynamics().resolve_input(ctx).to_json()
+        names = set(form["type"]["properties"])
+        assert "label_field" in names
+        assert ("embeddings_field" in names) == ("on" not in params)
+        assert ("few_epochs" in names) == (params.get("epochs") == 1)
+    ctx = SimpleNamespace(params={}, view=digits.view(), dataset=digits)
+    form = fhod.ComputeConsensus().resolve_input(ctx).to_json()
+    choices = form["type"]["properties"]["runs"]["view"]["choices"]
+    values = [c["value"] for c in choices]
+    assert "op_dyn" in values and "op_dyn.aum" in values
