@@ -23,8 +23,9 @@ Every clone gets, per sample:
 - ``hardness_truth`` (bool): True exactly for those samples
 - ``hardness_source_id`` (str): the id of the sample it was cloned from
 
-plus ``hardness_original_label`` (the label before injection) for label
-types, and a description of the injection in
+plus, for label types, ``hardness_original_label``: the label before
+injection on the changed samples (None elsewhere, where the label is
+unchanged), and a description of the injection in
 ``dataset.info["hardness_injection"]``.
 
 Exactly ``round(rate * N)`` of the N eligible samples (labelled ones for
@@ -245,7 +246,13 @@ def inject_hardness(
         changed_ids = set(details.pop("changed_ids"))
         truth = [i in changed_ids for i in clone_ids]
         clone.set_values(TRUTH_FIELD, truth)
-        clone.set_values(TYPE_FIELD, [hardness if t else None for t in truth])
+        clone.add_sample_field(TYPE_FIELD, fo.StringField)
+        if changed_ids:
+            clone.set_values(
+                TYPE_FIELD,
+                {i: hardness for i in changed_ids},
+                key_field="id",
+            )
         info = dict(
             type=hardness,
             family=family,
@@ -408,13 +415,14 @@ def _inject_labels(
         )
 
     names = np.asarray(classes, dtype=object)
-    clone.set_values(
-        ORIGINAL_LABEL_FIELD,
-        dict(zip(ids.tolist(), labels)),
-        key_field="id",
-    )
     changed = ids[mask]
+    clone.add_sample_field(ORIGINAL_LABEL_FIELD, fo.StringField)
     if len(changed):
+        clone.set_values(
+            ORIGINAL_LABEL_FIELD,
+            dict(zip(changed.tolist(), names[y[mask]].tolist())),
+            key_field="id",
+        )
         clone.set_values(
             label_field + ".label",
             dict(zip(changed.tolist(), names[noisy[mask]].tolist())),
