@@ -7,6 +7,7 @@ Nothing here computes a hardness score: it reads the fields and results that
 a run stored (:mod:`fiftyone_hardness.methods.runs`) and aggregates them.
 """
 import logging
+import threading
 
 import numpy as np
 
@@ -32,17 +33,29 @@ FIGURES = [
     ("health_score", "Health score"),
 ]
 
+#: rows of the flagged-samples table
+TABLE_ROWS = 25
+
 #: the most samples read to compute an agreement matrix
 MAX_AGREEMENT_SAMPLES = 20000
 
 
-def load_results(samples, run_key):
-    """Returns the results of hardness run ``run_key`` on ``samples``.
+#: serializes reading run results: the App server runs panel and operator
+#: events in a thread pool, and concurrent reads of one run's stored results
+#: (a shared GridFS handle on the dataset document) corrupt each other
+_RESULTS_LOCK = threading.Lock()
+
+
+def load_results(samples, run_key, check=True):
+    """Returns the results of hardness run ``run_key`` on ``samples``,
+    freshly read from the database (runs may be overwritten by other
+    processes) and safely from several threads.
 
     Raises:
-        HardnessError: if there is no hardness run with this key
+        HardnessError: if ``check`` and there is no hardness run with this
+            key
     """
-    if run_key not in list_hardness_runs(samples):
+    if check and run_key not in list_hardness_runs(samples):
         raise HardnessError(
             "Dataset '%s' has no hardness run '%s'; its hardness runs: %s"
             % (
@@ -51,7 +64,8 @@ def load_results(samples, run_key):
                 ", ".join(list_hardness_runs(samples)) or "none",
             )
         )
-    return samples.load_run_results(run_key, cache=False)
+    with _RESULTS_LOCK:
+        return samples.load_run_results(run_key, cache=False)
 
 
 def score_fields(results):
@@ -81,27 +95,47 @@ def companion_field(results, score_field, suffix):
     return name if name in (results.fields or []) else None
 
 
-def threshold_for(results, score_field):
-    """Returns the decision threshold of ``score_field``, or None.
+def threshold_for(results, score_field, samples=None):
+    """Returns the decision threshold of ``score_field`` in score units, or
+    None.
 
-    The run's ``threshold`` belongs to its main score field. For runs that
-    write several scores (e.g. ``dynamics``), a per-method threshold is read
-    from a results dict such as ``results.thresholds[method]`` or
-    ``results.methods[method]["threshold"]`` when the method stored one.
+    The run's ``threshold`` belongs to its main score field. For the other
+    score fields of a run (e.g. those of ``dynamics``), a threshold that the
+    method stored per sub-method (``results.thresholds[m]`` or
+    ``results.methods[m]["threshold"]``) is used when it agrees with the
+    flags; otherwise, when ``samples`` is given and the flags are exactly
+    the scores above some value, the midpoint between the lowest flagged and
+    the highest unflagged score. Flags that are not a score threshold (e.g.
+    Data-IQ's groups) give None.
     """
     if score_field == "%s_score" % results.key:
         value = getattr(results, "threshold", None)
         return float(value) if _is_number(value) else None
     method = _prefix(score_field)[len(results.key) + 1 :]
+    stored = None
     thresholds = getattr(results, "thresholds", None)
-    if isinstance(thresholds, dict) and _is_number(thresholds.get(method)):
-        return float(thresholds[method])
     methods = getattr(results, "methods", None)
-    if isinstance(methods, dict) and isinstance(methods.get(method), dict):
+    if isinstance(thresholds, dict) and _is_number(thresholds.get(method)):
+        stored = float(thresholds[method])
+    elif isinstance(methods, dict) and isinstance(methods.get(method), dict):
         value = methods[method].get("threshold")
-        if _is_number(value):
-            return float(value)
-    return None
+        stored = float(value) if _is_number(value) else None
+    flag_field = companion_field(results, score_field, "flag")
+    if samples is None or flag_field is None:
+        return stored
+    lowest_flagged = samples.match(F(flag_field) == True).min(  # noqa: E712
+        score_field
+    )
+    highest_unflagged = samples.match(
+        F(flag_field) == False  # noqa: E712
+    ).max(score_field)
+    if lowest_flagged is None or highest_unflagged is None:
+        return stored
+    if lowest_flagged < highest_unflagged:
+        return None  # the flags are not a threshold on this score
+    if stored is not None and highest_unflagged <= stored <= lowest_flagged:
+        return stored
+    return (lowest_flagged + highest_unflagged) / 2.0
 
 
 def _is_number(value):
@@ -109,18 +143,38 @@ def _is_number(value):
         and np.isfinite(value)
 
 
-def run_figures(results):
+def run_figures(results, score_field=None, samples=None):
     """Returns the dataset-level figures of a run as ``[(label, value)]``,
-    only those the run has, numbers rounded for display."""
+    only those the run has, numbers rounded for display.
+
+    For a secondary score field of a multi-score run (e.g. one method of
+    ``dynamics``), the figures of that score follow: its name, how many
+    samples its flag marks (counted in ``samples`` when given) and the
+    noise rate the method stored for it, if any.
+    """
     figures = []
     for name, label in FIGURES:
         value = getattr(results, name, None)
         if value is None:
             continue
-        if isinstance(value, float):
-            value = round(value, 4)
-        figures.append((label, value))
+        figures.append((label, _display(value)))
+    if score_field and score_field != "%s_score" % results.key:
+        method = _prefix(score_field)[len(results.key) + 1 :]
+        figures.append(("Score", score_field))
+        flag_field = companion_field(results, score_field, "flag")
+        if flag_field is not None and samples is not None:
+            flagged = samples.count_values(flag_field).get(True, 0)
+            figures.append(("Flagged by this score", flagged))
+        methods = getattr(results, "methods", None)
+        if isinstance(methods, dict) and isinstance(methods.get(method), dict):
+            rate = methods[method].get("noise_rate")
+            if _is_number(rate):
+                figures.append(("Noise rate by this score", _display(rate)))
     return figures
+
+
+def _display(value):
+    return round(value, 4) if isinstance(value, float) else value
 
 
 def class_difficulty(samples, results, score_field=None, max_classes=100):
@@ -187,7 +241,7 @@ def flagged_view(samples, results, score_field=None):
     if flag_field is not None:
         view = samples.match(F(flag_field) == True)  # noqa: E712
     else:
-        threshold = threshold_for(results, score_field)
+        threshold = threshold_for(results, score_field, samples)
         view = samples.exists(score_field)
         if threshold is not None:
             view = view.match(F(score_field) > threshold)
@@ -208,10 +262,12 @@ def score_range_view(samples, score_field, lo, hi):
     return view.sort_by(score_field, reverse=True)
 
 
-def flagged_rows(samples, results, score_field=None, limit=50):
-    """Returns the ``limit`` hardest flagged samples as table rows: dicts
-    with ``id``, ``label``, ``predicted`` (or None) and ``score``."""
+def flagged_rows(samples, results, score_field=None, limit=None):
+    """Returns the ``limit`` (default :data:`TABLE_ROWS`) hardest flagged
+    samples as table rows: dicts with ``id``, ``label``, ``predicted`` (or
+    None) and ``score``."""
     score_field = score_field or default_score_field(results)
+    limit = TABLE_ROWS if limit is None else limit
     view = flagged_view(samples, results, score_field).limit(limit)
     pred_field = companion_field(results, score_field, "pred")
     paths = ["id", results.label_field + ".label", score_field]
@@ -267,7 +323,7 @@ def agreement_series(samples, run_keys=None):
         run_keys = list_hardness_runs(samples)
     series = []
     for key in run_keys:
-        results = samples.load_run_results(key, cache=False)
+        results = load_results(samples, key, check=False)
         fields = score_fields(results)
         for field in fields:
             name = key if len(fields) == 1 else _prefix(field)

@@ -54,7 +54,7 @@ def describe_runs(dataset):
     rows = []
     for key in list_hardness_runs(dataset):
         info = dataset.get_run_info(key)
-        results = dataset.load_run_results(key, cache=False)
+        results = run_views.load_results(dataset, key, check=False)
         rows.append(
             {
                 "run_key": key,
@@ -128,7 +128,7 @@ class LoadHardnessView(foo.Operator):
         inputs = types.Object()
         key = run_key_input(ctx, inputs)
         if key is not None:
-            results = ctx.dataset.load_run_results(key, cache=False)
+            results = run_views.load_results(ctx.dataset, key, check=False)
             fields = run_views.score_fields(results)
             if len(fields) > 1:
                 choices = types.DropdownView()
@@ -239,7 +239,7 @@ class DeleteHardnessRun(foo.Operator):
         inputs = types.Object()
         key = run_key_input(ctx, inputs)
         if key is not None:
-            results = ctx.dataset.load_run_results(key, cache=False)
+            results = run_views.load_results(ctx.dataset, key, check=False)
             inputs.view(
                 "warning",
                 types.Warning(

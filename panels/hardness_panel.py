@@ -154,7 +154,7 @@ class HardnessPanel(foo.Panel):
         key = ctx.panel.state.run_key
         if not key or key not in list_hardness_runs(ctx.dataset):
             return None
-        return ctx.dataset.load_run_results(key, cache=False)
+        return run_views.load_results(ctx.dataset, key, check=False)
 
     def _score_field(self, ctx, results):
         fields = run_views.score_fields(results)
@@ -184,7 +184,7 @@ class HardnessPanel(foo.Panel):
         field = self._score_field(ctx, results)
         state.score_fields = fields
         state.score_field = field
-        state.figures = _figures_markdown(results)
+        state.figures = _figures_markdown(results, field, ctx.dataset)
 
         classes = run_views.class_difficulty(ctx.dataset, results, field)
         ctx.panel.data.class_chart = [
@@ -198,7 +198,9 @@ class HardnessPanel(foo.Panel):
         ]
 
         state.threshold = (
-            run_views.threshold_for(results, field) if field else None
+            run_views.threshold_for(results, field, ctx.dataset)
+            if field
+            else None
         )
         counts, edges = (
             run_views.score_histogram(ctx.dataset, field) if field else ([], [])
@@ -390,8 +392,8 @@ class HardnessPanel(foo.Panel):
         )
 
 
-def _figures_markdown(results):
-    rows = run_views.run_figures(results)
+def _figures_markdown(results, score_field=None, samples=None):
+    rows = run_views.run_figures(results, score_field, samples)
     lines = ["| Figure | Value |", "|---|---|"]
     for label, value in rows:
         lines.append("| %s | %s |" % (label, value))

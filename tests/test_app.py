@@ -14,7 +14,8 @@ import fiftyone.operators as foo
 from fiftyone.operators.executor import ExecutionError
 from fiftyone import ViewField as F
 
-from fiftyone_hardness.methods import run_views
+from fiftyone_hardness.methods import registry, run_views
+from fiftyone_hardness.methods.base import MethodOutput
 from fiftyone_hardness.panels.hardness_panel import HardnessPanel
 
 from app_helpers import (
@@ -173,7 +174,7 @@ def test_panel_data_and_events(two_runs):
     assert bars["y"] == sorted(bars["y"], reverse=True)
     assert sum(data.histogram[0]["y"]) == len(dataset)
     assert state.threshold == pytest.approx(results.threshold)
-    assert len(state.flagged_table) == 50
+    assert len(state.flagged_table) == run_views.TABLE_ROWS
     scores = [row["score"] for row in state.flagged_table]
     assert scores == sorted(scores, reverse=True)
     assert state.has_agreement
@@ -242,3 +243,55 @@ def test_panel_without_runs_and_with_a_demo_run(digits):
     if results.method == "rer":
         assert "Dataset difficulty (chi_avg)" in ctx.panel.state.figures
         assert "Estimated noise rate" in ctx.panel.state.figures
+
+
+def _two_scores(data, embeddings_field="pixels"):
+    """A multi-score run: ``a`` flags its top 10% (its stored threshold is
+    in another unit), ``b`` flags by a rule that is no score threshold."""
+    X = data.embeddings(embeddings_field)
+    a = X.std(axis=1)
+    b = X.mean(axis=1)
+    return MethodOutput(
+        fields={
+            "a_score": a,
+            "a_flag": a > np.quantile(a, 0.9),
+            "b_score": b,
+            "b_flag": data.labels == 3,
+        },
+        results={"methods": {"a": {"threshold": -5.0, "noise_rate": 0.1}}},
+    )
+
+
+def test_multi_score_runs(digits):
+    registry.register_method("two_scores", _two_scores, "test")
+    results = digits.apply_hardness("two_scores", run_key="two")
+    assert run_views.score_fields(results) == ["two_a_score", "two_b_score"]
+    a = np.asarray(digits.values("two_a_score"))
+    flags = np.asarray(digits.values("two_a_flag"))
+    expected = (a[flags].min() + a[~flags].max()) / 2
+    assert run_views.threshold_for(results, "two_a_score", digits) == (
+        pytest.approx(expected)
+    )
+    assert run_views.threshold_for(results, "two_b_score", digits) is None
+    figures = dict(run_views.run_figures(results, "two_a_score", digits))
+    assert figures["Flagged by this score"] == int(flags.sum())
+    assert figures["Noise rate by this score"] == 0.1
+    classes = run_views.class_difficulty(digits, results, "two_b_score")
+    assert len(classes) == 10
+    assert [v for _, v in classes] == sorted(
+        [v for _, v in classes], reverse=True
+    )
+    view = run_views.flagged_view(digits, results, "two_b_score")
+    assert set(view.values("ground_truth.label")) == {"3"}
+    names, matrix, used = run_views.agreement_matrix(digits)
+    assert names == ["two_a", "two_b"] and used == len(digits)
+
+    panel = HardnessPanel()
+    ctx = FakePanelContext(digits)
+    panel.on_load(ctx)
+    assert ctx.panel.state.score_field == "two_a_score"
+    ctx.params = {"value": "two_b_score"}
+    panel.on_change_score_field(ctx)
+    assert ctx.panel.state.threshold is None
+    assert "two_b_score" in ctx.panel.state.figures
+    json.dumps(panel.render(ctx).to_json())

@@ -294,7 +294,7 @@ def test_hardness_panel_in_chromium(app_dataset, app_server, browser):
     def select_from_table():
         rows = table.locator("tbody tr")
         rows.first.wait_for(state="visible", timeout=STEP_TIMEOUT_MS)
-        assert rows.count() == min(50, results.num_flagged)
+        assert rows.count() == min(run_views.TABLE_ROWS, results.num_flagged)
         rows.first.scroll_into_view_if_needed()
         rows.first.locator("td").first.click()
         # the Samples tab shows the number of selected samples

@@ -22,6 +22,7 @@ import fiftyone.operators as foo
 from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionRunState
 
+from fiftyone_hardness.methods import run_views
 from fiftyone_hardness.methods.runs import list_hardness_runs
 from fiftyone_hardness.panels.hardness_panel import HardnessPanel
 
@@ -172,5 +173,7 @@ def test_queued_run_is_executed_by_a_worker(tmp_path, digits):
     assert "Samples scored | %d" % len(digits) in ctx.panel.state.figures
     assert len(ctx.panel.data.class_chart[0]["x"]) == 10
     assert sum(ctx.panel.data.histogram[0]["y"]) == len(digits)
-    assert len(ctx.panel.state.flagged_table) == min(50, results.num_flagged)
+    assert len(ctx.panel.state.flagged_table) == min(
+        run_views.TABLE_ROWS, results.num_flagged
+    )
     json.dumps(panel.render(ctx).to_json())
