@@ -37,6 +37,8 @@ BUILTIN_METHODS = {
     },
     "consensus": ("fiftyone_hardness.methods.consensus", "run_consensus",
                   "rank average of existing runs' scores"),
+    "cleanlab": ("fiftyone_hardness.methods.confident_learning",
+                 "run_cleanlab", "confident learning with cleanlab"),
 }
 
 _custom_methods = {}

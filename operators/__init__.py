@@ -7,6 +7,7 @@ from fiftyone_hardness.operators import review as _review
 from fiftyone_hardness.operators import runs as _runs
 from fiftyone_hardness.operators import dynamics as _dynamics
 from fiftyone_hardness.operators import perturb as _perturb
+from fiftyone_hardness.operators import cleanlab as _cleanlab
 
 OPERATORS = [
     ComputeEmbeddings,
@@ -21,6 +22,7 @@ OPERATORS = [
     _dynamics.ComputeDynamics,
     _dynamics.ComputeConsensus,
     _perturb.InjectHardness,
+    _cleanlab.ComputeCleanlab,
 ]
 
 
