@@ -16,6 +16,7 @@ Example::
     review.apply_corrections(dataset)      # ground_truth corrected in place
     review.undo_corrections(dataset)       # ... and restored byte for byte
 """
+
 import logging
 
 import numpy as np
@@ -104,8 +105,7 @@ def find_counterexamples(
     positions = np.flatnonzero(data.ids == str(sample_id))
     if not len(positions):
         raise HardnessError(
-            "Sample %s is not a labelled sample of this collection"
-            % sample_id
+            "Sample %s is not a labelled sample of this collection" % sample_id
         )
     index = int(positions[0])
     target = None

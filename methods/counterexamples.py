@@ -22,6 +22,7 @@ random candidates; with ``+1`` less often.
 Everything here works on numpy arrays; :func:`fiftyone_hardness.review.
 find_counterexamples` reads them from a collection.
 """
+
 import logging
 
 import numpy as np
@@ -176,7 +177,9 @@ class FisherKernel(object):
         for start in range(0, len(inputs), batch_size):
             stop = start + batch_size
             proj = (inputs[start:stop] @ flat.T).reshape(-1, r, K)
-            out[start:stop] = np.einsum("nrk,nk->nr", proj, residual[start:stop])
+            out[start:stop] = np.einsum(
+                "nrk,nk->nr", proj, residual[start:stop]
+            )
         return out / self.singular_values
 
     def matrix(self):

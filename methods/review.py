@@ -16,6 +16,7 @@ label document verbatim into ``{label_field}_original``;
 drops the backup. Both copies are done by the database (update pipelines),
 so nothing is lost in a round trip through Python objects.
 """
+
 import getpass
 import logging
 from datetime import datetime, timezone
@@ -122,7 +123,7 @@ def mark_labels(
             attrs["note"] = note
         values[sample_id] = fo.Classification(
             label=correct_label if verdict == WRONG else labels[sample_id],
-            **attrs
+            **attrs,
         )
     field = review_field(label_field)
     dataset = samples._dataset
@@ -224,9 +225,11 @@ def apply_corrections(samples, label_field="ground_truth", target_field=None):
     if target_field in (None, "", label_field):
         return _apply_in_place(samples, label_field)
 
-    existing = dataset.get_field(target_field) if dataset.has_field(
-        target_field
-    ) else None
+    existing = (
+        dataset.get_field(target_field)
+        if dataset.has_field(target_field)
+        else None
+    )
     info = _field_marker(existing)
     if existing is not None and info.get("source") != label_field:
         raise HardnessError(
@@ -268,7 +271,12 @@ def undo_corrections(samples, label_field="ground_truth"):
         dataset._sample_collection.update_many(
             {"_id": {"$in": ids}, backup: {"$ne": None}},
             [
-                {"$set": {label_field: "$" + backup, "last_modified_at": _now()}},
+                {
+                    "$set": {
+                        label_field: "$" + backup,
+                        "last_modified_at": _now(),
+                    }
+                },
                 {"$unset": backup},
             ],
         )
@@ -295,7 +303,14 @@ def _apply_in_place(samples, label_field):
         ids = [ObjectId(i) for i in changes]
         dataset._sample_collection.update_many(
             {"_id": {"$in": ids}, backup: None},
-            [{"$set": {backup: "$" + label_field, "last_modified_at": _now()}}],
+            [
+                {
+                    "$set": {
+                        backup: "$" + label_field,
+                        "last_modified_at": _now(),
+                    }
+                }
+            ],
         )
         _set_labels(dataset, label_field, changes)
     dataset.reload()
@@ -303,7 +318,9 @@ def _apply_in_place(samples, label_field):
         "num_corrected": len(changes),
         "num_stale": stale,
         "field": label_field,
-        "backup_field": backup if changes or dataset.has_field(backup) else None,
+        "backup_field": (
+            backup if changes or dataset.has_field(backup) else None
+        ),
     }
 
 

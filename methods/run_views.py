@@ -6,6 +6,7 @@ Hardness panel and the run-management operators show.
 Nothing here computes a hardness score: it reads the fields and results that
 a run stored (:mod:`fiftyone_hardness.methods.runs`) and aggregates them.
 """
+
 import logging
 import threading
 
@@ -139,8 +140,11 @@ def threshold_for(results, score_field, samples=None):
 
 
 def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
         and np.isfinite(value)
+    )
 
 
 def run_figures(results, score_field=None, samples=None):
@@ -282,7 +286,9 @@ def flagged_rows(samples, results, score_field=None, limit=None):
             "predicted": None if pred is None else str(pred),
             "score": None if score is None else round(float(score), 4),
         }
-        for i, label, score, pred in zip(values[0], values[1], values[2], preds)
+        for i, label, score, pred in zip(
+            values[0], values[1], values[2], preds
+        )
     ]
 
 

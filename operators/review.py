@@ -6,6 +6,7 @@ and undo them, and show a suspicious sample next to its counter-examples.
 The work is done by :mod:`fiftyone_hardness.review`; these operators parse
 the form and pick the samples (the open sample, else the selected ones).
 """
+
 import logging
 
 import fiftyone.operators as foo
@@ -33,7 +34,9 @@ def class_choices(dataset, label_field):
     """The classes of ``label_field``: declared classes first, then every
     observed label."""
     declared = list(
-        (dataset.classes or {}).get(label_field) or dataset.default_classes or []
+        (dataset.classes or {}).get(label_field)
+        or dataset.default_classes
+        or []
     )
     observed = dataset.distinct(label_field + ".label")
     return declared + sorted(c for c in observed if c not in declared)
@@ -94,9 +97,8 @@ class ReviewLabel(foo.Operator):
                 "correct_label",
                 required=True,
                 label="Correct class",
-                description="Stored in '%s'" % review.review_field(
-                    label_field
-                ),
+                description="Stored in '%s'"
+                % review.review_field(label_field),
                 view=choices,
             )
         inputs.str("note", label="Note (optional)")
@@ -160,7 +162,10 @@ class ApplyLabelCorrections(foo.Operator):
             % (label_field, review.backup_field(label_field)),
         )
         inputs.enum(
-            "mode", modes.values(), default="new_field", label="Apply",
+            "mode",
+            modes.values(),
+            default="new_field",
+            label="Apply",
             view=modes,
         )
         if ctx.params.get("mode", "new_field") == "new_field":
@@ -206,7 +211,8 @@ class UndoLabelCorrections(foo.Operator):
         label_field = ctx.params.get("label_field") or "ground_truth"
         backup = review.backup_field(label_field)
         count = (
-            len(ctx.dataset.exists(backup)) if ctx.dataset.has_field(backup)
+            len(ctx.dataset.exists(backup))
+            if ctx.dataset.has_field(backup)
             else 0
         )
         inputs.view(
@@ -307,8 +313,15 @@ class FindCounterexamples(foo.Operator):
         view = result.pop("view")
         ctx.ops.set_view(view)
         labels = dict(
-            zip(*view.values(["id", (ctx.params.get("label_field")
-                                     or "ground_truth") + ".label"]))
+            zip(
+                *view.values(
+                    [
+                        "id",
+                        (ctx.params.get("label_field") or "ground_truth")
+                        + ".label",
+                    ]
+                )
+            )
         )
         result["counterexamples"] = [
             {"id": i, "label": labels.get(i), "score": round(s, 4)}

@@ -7,6 +7,7 @@ whose config is a :class:`fiftyone_hardness.methods.runs.HardnessRunConfig`;
 renaming and deleting go through ``dataset.rename_run`` /
 ``dataset.delete_run``, which rename or remove every field the run wrote.
 """
+
 import logging
 
 import fiftyone.operators as foo

@@ -11,6 +11,7 @@ selects the sample; a button saves the flagged samples as a saved view named
 after the run. The panel only reads runs
 (:mod:`fiftyone_hardness.methods.run_views`); it never computes scores.
 """
+
 import logging
 
 import fiftyone.operators as foo
@@ -167,7 +168,9 @@ class HardnessPanel(foo.Panel):
             return
         field = self._score_field(ctx, results)
         ctx.panel.state.last_action = "scores %.4g..%.4g" % (lo, hi)
-        ctx.ops.set_view(run_views.score_range_view(ctx.dataset, field, lo, hi))
+        ctx.ops.set_view(
+            run_views.score_range_view(ctx.dataset, field, lo, hi)
+        )
 
     def _refresh(self, ctx):
         state = ctx.panel.state
@@ -203,7 +206,9 @@ class HardnessPanel(foo.Panel):
             else None
         )
         counts, edges = (
-            run_views.score_histogram(ctx.dataset, field) if field else ([], [])
+            run_views.score_histogram(ctx.dataset, field)
+            if field
+            else ([], [])
         )
         state.hist_edges = edges
         ctx.panel.data.histogram = [
@@ -218,7 +223,9 @@ class HardnessPanel(foo.Panel):
         ]
 
         state.flagged_table = (
-            run_views.flagged_rows(ctx.dataset, results, field) if field else []
+            run_views.flagged_rows(ctx.dataset, results, field)
+            if field
+            else []
         )
 
         names, matrix, _ = run_views.agreement_matrix(ctx.dataset)
@@ -353,7 +360,9 @@ class HardnessPanel(foo.Panel):
         buttons.btn(
             "show_flagged", label="Show flagged", on_click=self.on_show_flagged
         )
-        buttons.btn("clear_view", label="Reset view", on_click=self.on_clear_view)
+        buttons.btn(
+            "clear_view", label="Reset view", on_click=self.on_clear_view
+        )
         if state.saved_view:
             saved = panel.h_stack("saved", align_y="center", gap=2)
             saved.md(

@@ -3,6 +3,7 @@ Shared helpers of the App tests (operators, panel, browser, delegated):
 registering the plugin from this checkout, and giving a dataset a hardness
 run -- RER when the "rer" method is registered, else a small real stand-in.
 """
+
 import contextlib
 import os
 

@@ -4,6 +4,7 @@ Hardness panel; run-management and review operators work through
 FiftyOne's operator executor; the panel's data and layout are built for a
 run and its events set the expected views.
 """
+
 import json
 
 import numpy as np
@@ -47,7 +48,9 @@ def plugin(tmp_path):
 @pytest.fixture
 def two_runs(digits):
     register_test_method()
-    digits.apply_hardness("centroid", run_key="first", embeddings_field="pixels")
+    digits.apply_hardness(
+        "centroid", run_key="first", embeddings_field="pixels"
+    )
     digits.apply_hardness(
         "centroid", run_key="second", embeddings_field="pixels"
     )
@@ -80,13 +83,15 @@ def test_run_management_operators(plugin, two_runs):
     )
     assert out["num_samples"] == rows[0]["num_flagged"]
     out = _run(
-        plugin + "/load_hardness_view", dataset,
+        plugin + "/load_hardness_view",
+        dataset,
         params={"run_key": "first", "which": "all"},
     )
     assert out["num_samples"] == len(dataset)
 
     _run(
-        plugin + "/rename_hardness_run", dataset,
+        plugin + "/rename_hardness_run",
+        dataset,
         params={"run_key": "first", "new_run_key": "renamed"},
     )
     assert dataset.has_field("renamed_score")
@@ -94,11 +99,15 @@ def test_run_management_operators(plugin, two_runs):
     with pytest.raises(ExecutionError, match="'second' already exists"):
         foo.execute_operator(
             plugin + "/rename_hardness_run",
-            dict(dataset=dataset,
-                 params={"run_key": "renamed", "new_run_key": "second"}),
+            dict(
+                dataset=dataset,
+                params={"run_key": "renamed", "new_run_key": "second"},
+            ),
         )
 
-    _run(plugin + "/delete_hardness_run", dataset, params={"run_key": "renamed"})
+    _run(
+        plugin + "/delete_hardness_run", dataset, params={"run_key": "renamed"}
+    )
     assert dataset.list_runs() == ["second"]
     assert not any(f.startswith("renamed") for f in dataset.get_field_schema())
 
@@ -109,18 +118,27 @@ def test_review_operators(plugin, digits):
     before = digits.values("ground_truth.label")
     for sample_id, label in zip(ids, clean):
         _run(
-            plugin + "/review_label", digits, current_sample=sample_id,
+            plugin + "/review_label",
+            digits,
+            current_sample=sample_id,
             params={"verdict": "wrong", "correct_label": label},
         )
     right = digits.match(F("mislabeled") == False).first().id  # noqa: E712
-    _run(plugin + "/review_label", digits, selected=[right],
-         params={"verdict": "right"})
+    _run(
+        plugin + "/review_label",
+        digits,
+        selected=[right],
+        params={"verdict": "right"},
+    )
     assert digits.values("ground_truth.label") == before
     counts = digits.count_values("ground_truth_reviewed.verdict")
     assert (counts["wrong"], counts["right"]) == (3, 1)
 
-    out = _run(plugin + "/apply_label_corrections", digits,
-               params={"mode": "in_place"})
+    out = _run(
+        plugin + "/apply_label_corrections",
+        digits,
+        params={"mode": "in_place"},
+    )
     assert out["num_corrected"] == 3
     labels = dict(zip(*digits.values(["id", "ground_truth.label"])))
     assert [labels[i] for i in ids] == clean
@@ -128,8 +146,11 @@ def test_review_operators(plugin, digits):
     assert out["num_restored"] == 3
     assert digits.values("ground_truth.label") == before
 
-    out = _run(plugin + "/apply_label_corrections", digits,
-               params={"mode": "new_field", "target_field": "gt_fixed"})
+    out = _run(
+        plugin + "/apply_label_corrections",
+        digits,
+        params={"mode": "new_field", "target_field": "gt_fixed"},
+    )
     assert out["field"] == "gt_fixed"
     assert digits.values("ground_truth.label") == before
 
@@ -137,7 +158,9 @@ def test_review_operators(plugin, digits):
 def test_counterexamples_operator(plugin, digits):
     sample_id = digits.skip(100).first().id
     out = _run(
-        plugin + "/find_counterexamples", digits, current_sample=sample_id,
+        plugin + "/find_counterexamples",
+        digits,
+        current_sample=sample_id,
         params={"embeddings_field": "pixels", "k": 4},
     )
     assert len(out["counterexamples"]) == 4
@@ -147,9 +170,14 @@ def test_counterexamples_operator(plugin, digits):
     with pytest.raises(ExecutionError, match="exactly one"):
         foo.execute_operator(
             plugin + "/find_counterexamples",
-            dict(dataset=digits, selected=digits.limit(2).values("id"),
-                 params={"embeddings_field": "pixels",
-                         "label_field": "ground_truth"}),
+            dict(
+                dataset=digits,
+                selected=digits.limit(2).values("id"),
+                params={
+                    "embeddings_field": "pixels",
+                    "label_field": "ground_truth",
+                },
+            ),
         )
 
 

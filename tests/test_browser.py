@@ -9,6 +9,7 @@ a row of the flagged table and checks the selection, saves the flagged
 samples as a view and checks that the App lists it. Screenshots and the
 server log go to ``test-artifacts/``.
 """
+
 import os
 import re
 import shutil
@@ -111,9 +112,19 @@ def app_server(app_dataset, tmp_path_factory):
         ), "the test process has no database connection to share"
         with open(log_path, "w") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "fiftyone.server.main",
-                 "--address", "127.0.0.1", "--port", str(port)],
-                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                [
+                    sys.executable,
+                    "-m",
+                    "fiftyone.server.main",
+                    "--address",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
             )
         try:
             _wait_http("http://127.0.0.1:%d/" % port, process, log_path)
@@ -154,7 +165,9 @@ class _Steps(object):
             "console",
             lambda m: self.console.append("%s: %s" % (m.type, m.text)),
         )
-        page.on("pageerror", lambda e: self.console.append("pageerror: %s" % e))
+        page.on(
+            "pageerror", lambda e: self.console.append("pageerror: %s" % e)
+        )
 
     def shot(self, name):
         path = os.path.join(ARTIFACTS, "browser-%s.png" % name)
@@ -167,15 +180,21 @@ class _Steps(object):
         except Exception as e:
             shot = self.shot("FAILED-" + re.sub(r"\W+", "-", name))
             errors = [
-                c for c in self.console
+                c
+                for c in self.console
                 if c.startswith(("error", "pageerror"))
                 and "ERR_NAME_NOT_RESOLVED" not in c
             ]
             raise AssertionError(
                 "Browser step '%s' failed: %s\nscreenshot: %s\nconsole "
                 "errors:\n%s\nserver log:\n%s"
-                % (name, e, shot, "\n".join(errors[-15:]) or "(none)",
-                   _tail(self.log_path))
+                % (
+                    name,
+                    e,
+                    shot,
+                    "\n".join(errors[-15:]) or "(none)",
+                    _tail(self.log_path),
+                )
             ) from e
 
 
@@ -210,10 +229,12 @@ def test_hardness_panel_in_chromium(app_dataset, app_server, browser):
     steps = _Steps(page, log_path)
 
     def open_app():
-        page.goto("%s/datasets/%s" % (url, dataset.name),
-                  timeout=APP_TIMEOUT_MS)
-        page.wait_for_selector("[data-cy=entry-counts]",
-                               timeout=APP_TIMEOUT_MS)
+        page.goto(
+            "%s/datasets/%s" % (url, dataset.name), timeout=APP_TIMEOUT_MS
+        )
+        page.wait_for_selector(
+            "[data-cy=entry-counts]", timeout=APP_TIMEOUT_MS
+        )
         _wait_count(page, total, timeout=APP_TIMEOUT_MS / 1000.0)
         # a first-run promotion popover may cover the "+" button
         dismiss = page.get_by_text("Dismiss", exact=True)
@@ -258,8 +279,9 @@ def test_hardness_panel_in_chromium(app_dataset, app_server, browser):
 
     def check_class_chart():
         bars.first.wait_for(state="visible", timeout=STEP_TIMEOUT_MS)
-        assert bars.count() == len(classes), (
-            "%d bars for %d classes" % (bars.count(), len(classes))
+        assert bars.count() == len(classes), "%d bars for %d classes" % (
+            bars.count(),
+            len(classes),
         )
 
     steps.run("class chart visible", check_class_chart)
@@ -285,7 +307,9 @@ def test_hardness_panel_in_chromium(app_dataset, app_server, browser):
         page.mouse.click(x, y)
         _wait_count(page, expected)
 
-    steps.run("click the hardest class bar (%s)" % hardest, click_hardest_class)
+    steps.run(
+        "click the hardest class bar (%s)" % hardest, click_hardest_class
+    )
     steps.shot("class-view")
 
     # the figures are a markdown table; the flagged samples the last one

@@ -5,6 +5,7 @@ noise) the top counter-examples of correctly labelled suspicious samples are
 measured against random candidates with the same observed label. The same
 measurement settles the sign of the kernel.
 """
+
 import numpy as np
 import pytest
 import threadpoolctl
@@ -54,11 +55,16 @@ def test_fisher_kernel_is_the_pseudo_inverse_kernel():
     Gm = G[subset]
     F = Gm.T @ Gm / m
     F_pinv = np.linalg.pinv(F, rcond=1e-10)
-    np.testing.assert_allclose(kernel.matrix(), F_pinv, atol=1e-6 * np.abs(
-        F_pinv).max())
+    np.testing.assert_allclose(
+        kernel.matrix(), F_pinv, atol=1e-6 * np.abs(F_pinv).max()
+    )
     phi = kernel.embed(inputs, probs, labels)
-    np.testing.assert_allclose(phi @ phi.T, G @ F_pinv @ G.T, rtol=1e-6,
-                               atol=1e-8 * np.abs(G @ F_pinv @ G.T).max())
+    np.testing.assert_allclose(
+        phi @ phi.T,
+        G @ F_pinv @ G.T,
+        rtol=1e-6,
+        atol=1e-8 * np.abs(G @ F_pinv @ G.T).max(),
+    )
     assert kernel.rank == m
 
 
@@ -73,7 +79,9 @@ def _measure(X, noisy, mislabeled, clean, fisher_seeds=(0, 1, 2), m=100):
         i: ce.counterexample_candidates(noisy, i, pred[i]) for i in suspicious
     }
     figures = {"num_suspicious": len(suspicious)}
-    figures["base"] = np.mean([mislabeled[c].mean() for c in candidates.values()])
+    figures["base"] = np.mean(
+        [mislabeled[c].mean() for c in candidates.values()]
+    )
     figures["base_true"] = np.mean(
         [(clean[c] == noisy[i]).mean() for i, c in candidates.items()]
     )
@@ -103,8 +111,10 @@ def test_counterexamples_of_clean_suspicious_samples_are_mislabeled(
         [classes.index(c) for c in digits_dataset.values("ground_truth.label")]
     )
     clean = np.array(
-        [classes.index(c)
-         for c in digits_dataset.values("ground_truth_clean.label")]
+        [
+            classes.index(c)
+            for c in digits_dataset.values("ground_truth_clean.label")
+        ]
     )
     mislabeled = np.asarray(digits_dataset.values("mislabeled"), dtype=bool)
 
@@ -122,10 +132,17 @@ def test_counterexamples_of_clean_suspicious_samples_are_mislabeled(
         "  sign %+d (other):  precision@1 %.3f  precision@5 %.3f  "
         "top-5 truly of the sample's class %.3f"
         % (
-            figures["num_suspicious"], figures["base"],
-            ce.KERNEL_SIGN, chosen[0], chosen[1], chosen[2],
+            figures["num_suspicious"],
+            figures["base"],
+            ce.KERNEL_SIGN,
+            chosen[0],
+            chosen[1],
+            chosen[2],
             figures["base_true"],
-            -ce.KERNEL_SIGN, other[0], other[1], other[2],
+            -ce.KERNEL_SIGN,
+            other[0],
+            other[1],
+            other[2],
         )
     )
     assert figures["num_suspicious"] >= 20
@@ -179,7 +196,8 @@ def test_find_counterexamples_on_a_dataset(digits):
     ids = digits.values("id")
     mislabeled = digits.values("mislabeled")
     i = next(
-        j for j in range(len(ids))
+        j
+        for j in range(len(ids))
         if str(pred[j]) != labels[j] and not mislabeled[j]
     )
     result = review.find_counterexamples(
@@ -194,8 +212,11 @@ def test_find_counterexamples_on_a_dataset(digits):
     assert set(view.skip(1).values("ground_truth.label")) == {str(pred[i])}
 
     other = review.find_counterexamples(
-        digits, ids[i], embeddings_field="pixels", k=3, target_label="0"
-        if labels[i] != "0" else "1",
+        digits,
+        ids[i],
+        embeddings_field="pixels",
+        k=3,
+        target_label="0" if labels[i] != "0" else "1",
     )
     assert len(other["counterexample_ids"]) == 3
     with pytest.raises(HardnessError, match="Unknown class"):

@@ -10,6 +10,7 @@ The run is RER through its ``compute_rer`` operator when that operator is
 registered; until then a stand-in plugin provides a ``HardnessOperator`` for
 a small real method, which exercises the same operator and run machinery.
 """
+
 import json
 import os
 import subprocess
@@ -139,12 +140,16 @@ def test_queued_run_is_executed_by_a_worker(tmp_path, digits):
         env = dict(os.environ, FIFTYONE_PLUGINS_DIR=plugins)
         worker = subprocess.run(
             [sys.executable, "-c", _WORKER, uri, digits.name],
-            env=env, capture_output=True, text=True, timeout=540,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=540,
         )
         assert worker.returncode == 0, worker.stderr[-4000:]
         outcome = json.loads(worker.stdout.strip().splitlines()[-1])
         assert len(outcome) == 1 and not outcome[0].get("error"), (
-            outcome, worker.stderr[-4000:]
+            outcome,
+            worker.stderr[-4000:],
         )
 
     doc = service.get(ops[0].id)

@@ -3,6 +3,7 @@ Review verdicts and corrections: reviews never touch the label field,
 corrections go to a new field or in place with a verbatim backup, and undo
 restores the label field byte for byte.
 """
+
 import bson
 import pytest
 
@@ -53,10 +54,15 @@ def test_reviews_go_to_a_separate_field(digits):
     assert reviewed.reviewed_at is not None
     ok = digits[right].ground_truth_reviewed
     assert (ok.verdict, ok.label, ok.note) == (
-        "right", digits[right].ground_truth.label, "looks ok"
+        "right",
+        digits[right].ground_truth.label,
+        "looks ok",
     )
     assert review.review_summary(digits) == {
-        "wrong": 3, "right": 1, "pending": 3, "corrected": 0
+        "wrong": 3,
+        "right": 1,
+        "pending": 3,
+        "corrected": 0,
     }
     assert len(review.reviewed_view(digits, verdict="wrong")) == 3
     assert review.clear_reviews(digits, [right]) == 1
@@ -134,7 +140,9 @@ def test_apply_into_a_new_field_leaves_labels_alone(digits):
     before = _raw(digits)
     result = review.apply_corrections(digits, target_field="gt_fixed")
     assert result == {
-        "num_corrected": 10, "num_stale": 0, "field": "gt_fixed",
+        "num_corrected": 10,
+        "num_stale": 0,
+        "field": "gt_fixed",
         "backup_field": None,
     }
     assert _raw(digits) == before
@@ -144,9 +152,12 @@ def test_apply_into_a_new_field_leaves_labels_alone(digits):
     fixed_by_id = dict(zip(digits.values("id"), fixed))
     assert [fixed_by_id[i] for i in ids] == clean
     # re-applying into our own field is fine; into a foreign field is not
-    assert review.apply_corrections(digits, target_field="gt_fixed")[
-        "num_corrected"
-    ] == 10
+    assert (
+        review.apply_corrections(digits, target_field="gt_fixed")[
+            "num_corrected"
+        ]
+        == 10
+    )
     with pytest.raises(HardnessError, match="does not hold corrections"):
         review.apply_corrections(digits, target_field="ground_truth_clean")
 
@@ -157,9 +168,11 @@ def test_stale_corrections_and_views(digits):
         review.mark_label_wrong(digits, sample_id, label)
     # someone relabels one sample after the review: its correction is stale
     stale = digits[ids[0]]
-    others = [c for c in map(str, range(10)) if c not in (
-        stale.ground_truth.label, clean[0]
-    )]
+    others = [
+        c
+        for c in map(str, range(10))
+        if c not in (stale.ground_truth.label, clean[0])
+    ]
     stale.ground_truth.label = others[0]
     stale.save()
     # apply on a view holding 3 of the reviewed samples only
