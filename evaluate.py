@@ -180,6 +180,11 @@ def stability_across(collections, score_field, key_field=SOURCE_ID_FIELD):
     matched by ``key_field`` (the source sample id of
     :func:`fiftyone_hardness.perturb.inject_hardness` clones).
 
+    With clones of different injection seeds, different samples are
+    perturbed, so this measures the stability of the whole pipeline; for
+    the method alone, score one clone several times and use
+    :func:`stability_of_fields`.
+
     Returns:
         a float, or None for fewer than 2 collections
 
@@ -211,18 +216,34 @@ def stability_across(collections, score_field, key_field=SOURCE_ID_FIELD):
     )
 
 
+def stability_of_fields(samples, score_fields):
+    """Stability of a method over several runs on the same samples (e.g.
+    the same perturbed clone scored with different training seeds): the
+    mean pairwise Spearman correlation of the ``score_fields``.
+
+    Returns:
+        a float, or None for fewer than 2 fields
+    """
+    arrays = []
+    for field in score_fields:
+        if not samples.has_field(field):
+            raise HardnessError(
+                "Dataset '%s' has no field '%s'"
+                % (samples._dataset.name, field)
+            )
+        arrays.append(_as_float(samples.values(field)))
+    return evaluation.stability(arrays)
+
+
 def _noise_rate(results, suffix, name):
     """The run's noise-rate estimate for one of its scores: the run-level
-    ``noise_rate`` for a single-score run, else a per-method entry
-    (``noise_rates[name]`` or ``{name: {"noise_rate": ...}}``)."""
+    ``noise_rate`` for a single-score run, else the per-method entry
+    ``methods[name]["noise_rate"]`` (as ``dynamics`` runs store it)."""
     if suffix == "score":
         return getattr(results, "noise_rate", None)
-    rates = getattr(results, "noise_rates", None)
-    if isinstance(rates, dict) and rates.get(name) is not None:
-        return rates[name]
-    extra = getattr(results, name, None)
-    if isinstance(extra, dict):
-        return extra.get("noise_rate")
+    methods = getattr(results, "methods", None)
+    if isinstance(methods, dict) and isinstance(methods.get(name), dict):
+        return methods[name].get("noise_rate")
     return None
 
 

@@ -523,7 +523,10 @@ def _knn_disagreement(data, embeddings_field="pixels", k=10):
             "other_score": -score,
             "other_flag": score < 0.5,
         },
-        results={"noise_rates": {"other": 0.5}, "noise_rate": None},
+        results={
+            "methods": {"other": {"noise_rate": 0.5}},
+            "noise_rate": None,
+        },
     )
 
 
@@ -573,6 +576,17 @@ def test_evaluate_run_on_injected_noise(digits_dataset):
 
         stable = fhe.stability_across(clones, "test_knn_score")
         assert 0.0 < stable < 1.0
+        clones[0].apply_hardness(
+            "test_knn",
+            label_field="ground_truth_clean",
+            run_key="knn15",
+            k=15,
+            progress=lambda fraction, message="": None,
+        )
+        same = fhe.stability_of_fields(
+            clones[0], ["test_knn_score", "knn15_score"]
+        )
+        assert stable < same < 1.0
         with pytest.raises(HardnessError, match="no run"):
             fhe.evaluate_run(clones[0], "nope")
         with pytest.raises(HardnessError, match="truth field"):
