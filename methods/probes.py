@@ -189,10 +189,14 @@ def cross_val_probs(
         "standardized": bool(standardize_features),
     }
     if model == "logreg":
-        params, num_iter = _fit_logreg(
+        params, (num_iter, num_evals) = _fit_logreg(
             Xt, yt, train_mask, num_classes, l2, max_iter, tol, progress
         )
-        info.update(l2=float(l2), iterations=int(num_iter))
+        info.update(
+            l2=float(l2),
+            iterations=int(num_iter),
+            function_evals=int(num_evals),
+        )
         forward = _logreg_forward
     else:
         if epochs is None:
@@ -432,7 +436,8 @@ def _fit_logreg(X, y, train_mask, num_classes, l2, max_iter, tol, progress):
     is the mean cross-entropy over its training rows plus
     ``l2 / 2 * ||W||^2``. The folds' weights are stored side by side so that
     every evaluation is a single (N, D) x (D, folds * K) matrix product.
-    Returns ``((W, b), iterations)`` with ``W`` of shape (D, folds, K)."""
+    Returns ``((W, b), (iterations, loss evaluations))`` with ``W`` of
+    shape (D, folds, K)."""
     import torch
 
     num_folds, dim = train_mask.shape[0], X.shape[1]
@@ -470,10 +475,11 @@ def _fit_logreg(X, y, train_mask, num_classes, l2, max_iter, tol, progress):
         return loss
 
     optimizer.step(closure)
-    num_iter = optimizer.state[optimizer._params[0]].get("n_iter", calls[0])
+    state = optimizer.state[optimizer._params[0]]
+    num_iter = state.get("n_iter", calls[0])
     W = W.detach().view(dim, num_folds, num_classes)
     b = b.detach().view(num_folds, num_classes)
-    return (W, b), num_iter
+    return (W, b), (num_iter, calls[0])
 
 
 def _mlp_forward(params, X, fold=None):
