@@ -28,6 +28,10 @@ injection on the changed samples (None elsewhere, where the label is
 unchanged), and a description of the injection in
 ``dataset.info["hardness_injection"]``.
 
+Injections compose: a clone of a perturbed clone keeps the earlier truth
+(a sample perturbed twice gets ``"type1+type2"``), its earliest original
+label, and the earlier description under ``info[...]["previous"]``.
+
 Exactly ``round(rate * N)`` of the N eligible samples (labelled ones for
 label types, all images for image types, the ones with a vector for
 ``atypical``) are chosen uniformly without replacement, seeded; the truth
@@ -244,15 +248,15 @@ def inject_hardness(
             )
 
         changed_ids = set(details.pop("changed_ids"))
-        truth = [i in changed_ids for i in clone_ids]
+        reverted_ids = set(details.pop("reverted_ids", []))
+        truth, types = _combine_truth(
+            clone, clone_ids, changed_ids, reverted_ids, hardness
+        )
         clone.set_values(TRUTH_FIELD, truth)
         clone.add_sample_field(TYPE_FIELD, fo.StringField)
-        if changed_ids:
-            clone.set_values(
-                TYPE_FIELD,
-                {i: hardness for i in changed_ids},
-                key_field="id",
-            )
+        if types:
+            clone.set_values(TYPE_FIELD, types, key_field="id")
+        previous = (clone.info or {}).get(INFO_KEY)
         info = dict(
             type=hardness,
             family=family,
@@ -260,11 +264,16 @@ def inject_hardness(
             seed=seed,
             source_dataset=samples._dataset.name,
             num_samples=len(clone_ids),
-            num_changed=int(sum(truth)),
+            num_changed=len(changed_ids),
+            num_truth=int(sum(truth)),
             truth_field=TRUTH_FIELD,
             type_field=TYPE_FIELD,
         )
         info.update(details)
+        if reverted_ids:
+            info["num_reverted"] = len(reverted_ids)
+        if previous:
+            info["previous"] = previous
         clone.info[INFO_KEY] = runs.to_jsonable(info)
         clone.save()
     except BaseException:
@@ -272,6 +281,35 @@ def inject_hardness(
         raise
     report(1.0, "%d samples perturbed" % info["num_changed"])
     return clone
+
+
+def _combine_truth(clone, clone_ids, changed_ids, reverted_ids, hardness):
+    """The truth and the types to write. When the source was itself a
+    perturbed clone, earlier perturbed samples stay perturbed and a sample
+    perturbed twice gets both types (``"uniform+zoom_shift"``); a sample
+    whose only perturbations were label changes and whose label is now
+    back to its original (``reverted_ids``) is clean again."""
+    old_truth = [False] * len(clone_ids)
+    old_types = [None] * len(clone_ids)
+    if clone.has_field(TRUTH_FIELD):
+        old_truth = [bool(v) for v in clone.values(TRUTH_FIELD)]
+    if clone.has_field(TYPE_FIELD):
+        old_types = clone.values(TYPE_FIELD)
+    families = list_hardness_types()
+    truth = []
+    types = {}
+    for i, old, old_type in zip(clone_ids, old_truth, old_types):
+        if i not in changed_ids:
+            truth.append(old)
+            continue
+        kinds = old_type.split("+") if old_type else []
+        if i in reverted_ids:
+            kinds = [k for k in kinds if families.get(k) != "label"]
+        else:
+            kinds.append(hardness)
+        truth.append(bool(kinds))
+        types[i] = "+".join(kinds) or None
+    return truth, types
 
 
 def _check_inputs(
@@ -416,13 +454,34 @@ def _inject_labels(
 
     names = np.asarray(classes, dtype=object)
     changed = ids[mask]
-    clone.add_sample_field(ORIGINAL_LABEL_FIELD, fo.StringField)
-    if len(changed):
+    reverted = np.zeros(len(y), dtype=bool)
+    if clone.has_field(ORIGINAL_LABEL_FIELD):
+        # a perturbed clone of a perturbed clone: keep the earliest label,
+        # and notice labels flipped back to it
+        earlier = [
+            v for v, k in zip(clone.values(ORIGINAL_LABEL_FIELD), keep) if k
+        ]
+        fresh = mask & np.array([v is None for v in earlier], dtype=bool)
+        reverted = mask & np.array(
+            [v is not None and v == names[n] for v, n in zip(earlier, noisy)],
+            dtype=bool,
+        )
+    else:
+        clone.add_sample_field(ORIGINAL_LABEL_FIELD, fo.StringField)
+        fresh = mask
+    if fresh.any():
         clone.set_values(
             ORIGINAL_LABEL_FIELD,
-            dict(zip(changed.tolist(), names[y[mask]].tolist())),
+            dict(zip(ids[fresh].tolist(), names[y[fresh]].tolist())),
             key_field="id",
         )
+    if reverted.any():
+        clone.set_values(
+            ORIGINAL_LABEL_FIELD,
+            {i: None for i in ids[reverted].tolist()},
+            key_field="id",
+        )
+    if len(changed):
         clone.set_values(
             label_field + ".label",
             dict(zip(changed.tolist(), names[noisy[mask]].tolist())),
@@ -432,6 +491,7 @@ def _inject_labels(
         int(mask.sum()) if rate is None else int(round(rate * len(y)))
     )
     details["changed_ids"] = changed.tolist()
+    details["reverted_ids"] = ids[reverted].tolist()
     return details
 
 

@@ -476,6 +476,64 @@ def test_atypical_injection_on_a_vector_field(digits_dataset):
         clone.delete()
 
 
+def test_injections_compose(digits_dataset, tmp_path):
+    source = digits_dataset
+    clean = np.array(source.values("ground_truth_clean.label"))
+    first = fhp.inject_hardness(
+        source,
+        "uniform",
+        rate=0.3,
+        label_field="ground_truth_clean",
+        name="inj-compose-1",
+    )
+    second = third = None
+    try:
+        second = fhp.inject_hardness(
+            first,
+            "pair",
+            rate=0.3,
+            seed=5,
+            label_field="ground_truth_clean",
+            name="inj-compose-2",
+        )
+        labels = np.array(second.values("ground_truth_clean.label"))
+        truth = np.array(second.values(fhp.TRUTH_FIELD))
+        types = np.array(second.values(fhp.TYPE_FIELD), dtype=object)
+        # the truth is exactly "differs from the source", flips back included
+        assert np.array_equal(truth, labels != clean)
+        assert second.info[fhp.INFO_KEY]["num_reverted"] > 0
+        assert set(types[truth]) == {"uniform", "pair", "uniform+pair"}
+        assert (types[~truth] == None).all()  # noqa: E711
+        original = np.array(second.values(fhp.ORIGINAL_LABEL_FIELD))
+        assert np.array_equal(original[truth], clean[truth])
+        assert second.values(fhp.SOURCE_ID_FIELD) == first.values("id")
+
+        third = fhp.inject_hardness(
+            second,
+            "crop_shift",
+            rate=0.1,
+            output_dir=str(tmp_path),
+            name="inj-compose-3",
+        )
+        shifted = np.array(
+            [
+                t is not None and "crop_shift" in t
+                for t in third.values(fhp.TYPE_FIELD)
+            ]
+        )
+        assert shifted.sum() == round(0.1 * len(source))
+        assert np.array_equal(
+            np.array(third.values(fhp.TRUTH_FIELD)), truth | shifted
+        )
+        info = third.info[fhp.INFO_KEY]
+        assert info["previous"]["type"] == "pair"
+        assert info["previous"]["previous"]["type"] == "uniform"
+    finally:
+        for dataset in (first, second, third):
+            if dataset is not None:
+                dataset.delete()
+
+
 def test_bad_injection_input_creates_nothing(digits_dataset):
     existing = set(fo.list_datasets())
     with pytest.raises(HardnessError, match="Unknown hardness"):
