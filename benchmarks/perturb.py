@@ -31,7 +31,6 @@ os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
 
 import numpy as np  # noqa: E402
 
-import fiftyone as fo  # noqa: E402
 
 from fiftyone_hardness import demo  # noqa: E402
 from fiftyone_hardness import perturb as fhp  # noqa: E402
