@@ -1,0 +1,421 @@
+"""
+Reconstruction Error Ratios: formulas against a direct transcription of
+METHODS.md, quality on scikit-learn digits with known label noise, the
+chunked statistics, determinism, bad input, and the end-to-end path through
+``dataset.apply_hardness("rer", ...)`` and the App operator.
+"""
+import os
+
+import numpy as np
+import pytest
+
+from fiftyone_hardness.methods import rer
+from fiftyone_hardness.methods.base import HardnessError, LabeledData
+from fiftyone_hardness.methods.label_noise import inject_label_noise
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _auroc(truth, scores):
+    from sklearn.metrics import roc_auc_score
+
+    return roc_auc_score(np.asarray(truth, bool), np.asarray(scores, float))
+
+
+def _f1(truth, flags):
+    from sklearn.metrics import f1_score
+
+    return f1_score(np.asarray(truth, bool), np.asarray(flags, bool))
+
+
+@pytest.fixture(scope="module")
+def digits_arrays():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return digits.data / 16.0, digits.target.astype(int)
+
+
+@pytest.fixture(scope="module")
+def noisy_run(digits_arrays):
+    """The default RER on digit pixels with 20% symmetric noise (seed 0,
+    the demo dataset's noise)."""
+    X, y = digits_arrays
+    noisy, mask = inject_label_noise(y, 10, 0.2, kind="symmetric", seed=0)
+    return rer.compute_rer(X, noisy, seed=0), noisy, mask
+
+
+# ---------------------------------------------------------------------------
+# Formulas: a direct numpy transcription of METHODS.md section 1
+# ---------------------------------------------------------------------------
+
+
+def _transcription(E, y, constants):
+    """METHODS.md section 1 steps 4-6, written out literally."""
+    K, N = E.shape
+    r = np.array(
+        [
+            E[y[i], i] / min(E[c, i] for c in range(K) if c != y[i])
+            for i in range(N)
+        ]
+    )
+    chi_avg = r.mean()
+    avgwithoutmin = (E.sum(axis=0) - E.min(axis=0)) / (K - 1)
+    chi0 = np.mean(E[y, np.arange(N)] / avgwithoutmin)
+    chi_rand = np.mean(E.min(axis=0) / avgwithoutmin)
+    raw = (chi0 - chi_rand) / (1 - chi_rand)
+    eta = np.clip(constants["eta_scale"] * raw + constants["eta_offset"], 0, 1)
+    chi_max = r.max()
+    if chi_max < 1.12:
+        gamma = constants["gamma_low"]
+        t = max(1.01, 1 + (1 / chi_rand - 1) / (1 + gamma * eta))
+    else:
+        t = constants["t_scale"] * chi0 ** (
+            -constants["gamma_exp"] / (1 + constants["gamma_high"] * eta)
+        )
+    class_chis = {c: r[y == c].mean() for c in np.unique(y)}
+    return dict(
+        r=r, chi_avg=chi_avg, chi0=chi0, chi_rand=chi_rand, eta=eta,
+        threshold=t, flags=r > t, class_chis=class_chis,
+        pred=E.argmin(axis=0),
+    )
+
+
+#: chi_max >= 1.12 (sample 3 is reconstructed far better by class 0)
+E_HIGH = np.array(
+    [
+        [0.10, 0.80, 0.70, 0.30, 0.90, 0.50, 0.62, 0.40],
+        [0.90, 0.20, 0.75, 0.85, 0.30, 0.55, 0.70, 0.95],
+        [0.80, 0.85, 0.25, 0.90, 0.85, 0.45, 0.20, 0.60],
+        [0.70, 0.60, 0.90, 0.80, 0.70, 0.65, 0.90, 0.35],
+    ]
+)
+Y_HIGH = np.array([0, 1, 2, 3, 1, 2, 0, 3])
+
+#: every sample best reconstructed by its own class: chi_max < 1.12
+E_LOW = np.array(
+    [
+        [0.50, 0.60, 0.70, 0.55, 0.65, 0.61],
+        [0.58, 0.52, 0.66, 0.70, 0.54, 0.64],
+        [0.62, 0.63, 0.60, 0.64, 0.69, 0.58],
+    ]
+)
+Y_LOW = np.array([0, 1, 2, 0, 1, 2])
+
+
+@pytest.mark.parametrize("calibration", ["reference", "fitted"])
+@pytest.mark.parametrize("E,y", [(E_HIGH, Y_HIGH), (E_LOW, Y_LOW)])
+def test_formulas_match_transcription(E, y, calibration):
+    expected = _transcription(E, y, rer.CALIBRATIONS[calibration])
+    stats = rer.ErrorStatistics.from_errors(E, y)
+    out = rer.rer_from_statistics(stats, y, calibration=calibration)
+    np.testing.assert_allclose(out.scores, expected["r"])
+    np.testing.assert_array_equal(out.preds, expected["pred"])
+    res = out.results
+    assert res["chi_avg"] == pytest.approx(expected["chi_avg"])
+    assert res["chi0"] == pytest.approx(expected["chi0"])
+    assert res["chi_rand"] == pytest.approx(expected["chi_rand"])
+    assert res["noise_rate"] == pytest.approx(expected["eta"])
+    assert res["threshold"] == pytest.approx(expected["threshold"])
+    np.testing.assert_array_equal(out.flags, expected["flags"])
+    for c, v in expected["class_chis"].items():
+        assert res["class_chis"][int(c)] == pytest.approx(v)
+    # which branch of the ansatz was exercised
+    assert (res["chi_max"] < 1.12) == (E is E_LOW)
+
+
+def test_reference_constants_are_methods_md():
+    c = rer.CALIBRATIONS["reference"]
+    low = (c["chi_max_switch"], c["t_min"], c["gamma_low"])
+    assert low == (1.12, 1.01, 10)
+    assert (c["t_scale"], c["gamma_exp"], c["gamma_high"]) == (1.01, 1.5, 13.8)
+    assert (c["eta_scale"], c["eta_offset"]) == (1.0, 0.0)
+    # a partial override keeps the other constants
+    assert rer.get_calibration({"gamma_exp": 1.0})["gamma_high"] == 13.8
+    with pytest.raises(HardnessError, match="calibration"):
+        rer.get_calibration("nope")
+
+
+def test_noise_rate_is_clipped():
+    assert rer.noise_rate_estimate(0.3, 0.5, "reference") == 0.0
+    assert rer.noise_rate_estimate(1.5, 0.5, "reference") == 1.0
+    assert rer.noise_rate_estimate(0.6, 0.5, "reference") == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_running_statistics_over_class_chunks_equal_full_matrix(chunk):
+    import torch
+
+    E, y = E_HIGH, Y_HIGH
+    full = rer.ErrorStatistics.from_errors(E, y)
+    running = rer._RunningStatistics(y, full.rand_labels, "cpu")
+    for start in range(0, len(E), chunk):
+        ids = np.arange(start, min(start + chunk, len(E)))
+        running.update(ids, torch.as_tensor(E[ids]))
+    got = running.result()
+    for name in ("own", "min1", "arg1", "min2", "total", "rand_own"):
+        np.testing.assert_allclose(getattr(got, name), getattr(full, name))
+    assert got.num_classes == full.num_classes
+
+
+def test_random_wrong_labels_are_wrong_and_present():
+    y = np.array([0, 2, 5, 5, 2, 0] * 50)
+    wrong = rer.random_wrong_labels(y, 6, seed=3, present=[0, 2, 5])
+    assert np.all(wrong != y)
+    assert set(wrong) == {0, 2, 5}
+
+
+def test_mistake_probability_vectorized():
+    rng = np.random.default_rng(0)
+    ratios = np.r_[rng.normal(0.7, 0.1, 800), rng.normal(1.4, 0.2, 200)]
+    rand_ratios = rng.normal(1.4, 0.25, 1000)
+    prob = rer.mistake_probability(ratios, rand_ratios, 0.2)
+    assert prob.shape == (1000,)
+    assert np.all((prob >= 0) & (prob <= 1))
+    assert prob[800:].mean() > 0.8 and prob[:800].mean() < 0.1
+    order = np.argsort(ratios)
+    peak = np.argmax(prob[order])
+    assert np.all(np.diff(prob[order][peak:]) >= -1e-12)
+    assert np.all(rer.mistake_probability(ratios, rand_ratios, 0.0) == 0)
+
+
+# ---------------------------------------------------------------------------
+# The UMAP pieces
+# ---------------------------------------------------------------------------
+
+
+def test_ab_params_positive_and_similarity_finite():
+    import torch
+
+    a, b = rer.find_ab_params(1.0, 0.1)
+    assert a == pytest.approx(1.58, abs=0.05)
+    assert b == pytest.approx(0.9, abs=0.03)
+    d2 = torch.tensor([0.0, 1e-12, 1e-3, 1.0, 1e6], requires_grad=True)
+    logits = rer._safe_log_q_logits(d2, a, b)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0])
+    )
+    loss.backward()
+    assert torch.isfinite(logits).all() and torch.isfinite(d2.grad).all()
+
+
+def test_fuzzy_knn_graph_symmetric():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 5))
+    heads, tails, weights = rer.fuzzy_knn_graph(X, n_neighbors=10)
+    assert np.all((weights > 0) & (weights <= 1 + 1e-9))
+    edges = dict(zip(zip(heads, tails), weights))
+    for (h, t), w in edges.items():
+        assert edges[(t, h)] == pytest.approx(w)
+    assert not np.any(heads == tails)
+    # duplicates (zero distances) stay finite
+    h, t, w = rer.fuzzy_knn_graph(np.zeros((5, 3)), n_neighbors=40)
+    assert np.all(np.isfinite(w))
+
+
+# ---------------------------------------------------------------------------
+# Quality on digits with known noise
+# ---------------------------------------------------------------------------
+
+
+def test_digits_pixels_20pct_symmetric(noisy_run):
+    result, noisy, mask = noisy_run
+    assert _auroc(mask, result.scores) >= 0.975
+    assert _f1(mask, result.flags) >= 0.8
+    assert abs(result.results["noise_rate"] - mask.mean()) <= 0.05
+    assert result.flags.sum() == result.results["num_flagged"]
+    # the autoencoders really train: finite losses that go down
+    losses = result.losses
+    assert losses.shape[1] == 10 and np.all(np.isfinite(losses))
+    assert np.all(losses[-3:].mean(0) < 0.5 * losses[:3].mean(0))
+    # predictions are mostly the clean labels of the mislabeled samples
+    from sklearn.datasets import load_digits
+
+    clean = load_digits().target
+    assert np.mean(result.preds[mask] == clean[mask]) > 0.9
+
+
+def test_digits_pixels_clean_labels(digits_arrays, noisy_run):
+    X, y = digits_arrays
+    clean = rer.compute_rer(X, y, seed=0)
+    assert clean.results["noise_rate"] < 0.05
+    assert clean.results["chi_avg"] < noisy_run[0].results["chi_avg"]
+    assert (
+        clean.results["classification_difficulty"]
+        < noisy_run[0].results["classification_difficulty"]
+    )
+
+
+def test_reference_calibration_selectable(noisy_run):
+    result, noisy, mask = noisy_run
+    ref = rer.rer_from_statistics(result.stats, noisy, calibration="reference")
+    r = ref.results
+    raw = (r["chi0"] - r["chi_rand"]) / (1 - r["chi_rand"])
+    assert r["noise_rate"] == pytest.approx(np.clip(raw, 0, 1))
+    assert r["threshold"] == pytest.approx(
+        1.01 * r["chi0"] ** (-1.5 / (1 + 13.8 * r["noise_rate"]))
+    )
+    np.testing.assert_array_equal(ref.scores, result.scores)
+
+
+def test_mistake_probability_on_digits(noisy_run):
+    result, noisy, mask = noisy_run
+    ratios = result.scores
+    probs = rer.mistake_probability(
+        ratios, rer.random_label_ratios(result.stats),
+        result.results["noise_rate"],
+    )
+    assert np.all((probs >= 0) & (probs <= 1))
+    assert _auroc(mask, probs) >= 0.97
+    assert probs[mask].mean() > 0.5 > probs[~mask].mean()
+
+
+def test_reconstruction_objective(digits_arrays):
+    X, y = digits_arrays
+    noisy, mask = inject_label_noise(y, 10, 0.2, kind="symmetric", seed=2)
+    result = rer.compute_rer(
+        X, noisy, objective="reconstruction", seed=2, estimate_probs=True
+    )
+    assert np.all(np.isfinite(result.losses))
+    assert _auroc(mask, result.scores) >= 0.95
+    assert result.probs.shape == (len(X),)
+    assert result.results["config"]["objective"] == "reconstruction"
+
+
+def test_chunked_path_and_determinism(digits_arrays):
+    X, y = digits_arrays
+    X, y = X[:700], y[:700]
+    noisy, mask = inject_label_noise(y, 10, 0.2, seed=5)
+    kwargs = dict(seed=1, epochs=4, class_chunk_size=3, sample_chunk_size=128)
+    a = rer.compute_rer(X, noisy, keep_errors=True, **kwargs)
+    # the running statistics over class chunks are those of the K x N matrix
+    full = rer.ErrorStatistics.from_errors(
+        a.errors, noisy, rand_labels=a.stats.rand_labels
+    )
+    for name in ("own", "min1", "arg1", "min2", "total", "rand_own"):
+        np.testing.assert_allclose(
+            getattr(a.stats, name), getattr(full, name), rtol=1e-6
+        )
+    assert a.errors.shape == (10, 700)
+    # deterministic on CPU for a seed
+    b = rer.compute_rer(X, noisy, **kwargs)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    c = rer.compute_rer(X, noisy, **dict(kwargs, seed=2))
+    assert not np.array_equal(a.scores, c.scores)
+
+
+def test_fit_subsampling_and_config(digits_arrays):
+    X, y = digits_arrays
+    result = rer.compute_rer(
+        X, y, fit_samples_per_class=40, hidden_dims=(64,), n_components=4,
+        epochs=3, seed=0,
+    )
+    cfg = result.results["config"]
+    assert cfg["hidden_dims"] == [64] and cfg["n_components"] == 4
+    assert cfg["fit_samples_per_class"] == 40 and cfg["device"] == "cpu"
+    assert len(result.scores) == len(X)
+    assert np.all(np.isfinite(result.scores))
+
+
+def test_unsupervised_kmeans(digits_arrays):
+    X, y = digits_arrays
+    data = _labeled_data(X, y)
+    out = rer.run_rer(
+        data, embeddings_field="x", unsupervised=True, n_clusters=8, epochs=3
+    )
+    assert set(out.fields) == {"score", "flag", "cluster"}
+    assert set(np.unique(out.fields["cluster"])) == set(range(8))
+    assert out.results["unsupervised"] is True
+    assert np.isfinite(out.results["chi_avg"])
+    assert 0 <= out.results["classification_difficulty"] <= 1
+
+
+# ---------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------
+
+
+def _labeled_data(X, y, classes=None):
+    values = list(X) if not isinstance(X, list) else X
+    classes = classes or [str(c) for c in range(int(np.max(y)) + 1)]
+    return LabeledData(
+        ids=np.array(["id%d" % i for i in range(len(y))]),
+        labels=np.asarray(y, int),
+        classes=classes,
+        load_values=lambda path: values,
+    )
+
+
+def test_bad_input():
+    rng = np.random.default_rng(0)
+    X = rng.random((40, 6))
+    y = np.repeat([0, 1, 2, 3], 10)
+    with pytest.raises(HardnessError, match="at least 2 classes"):
+        rer.compute_rer(X, np.zeros(40, int))
+    one = y.copy()
+    one[0] = 4  # class 4 has a single sample
+    with pytest.raises(HardnessError, match="at least 2 samples per class"):
+        rer.compute_rer(X, one)
+    for bad in (np.nan, np.inf):
+        Xb = X.copy()
+        Xb[3, 2] = bad
+        with pytest.raises(HardnessError, match="NaN or inf"):
+            rer.compute_rer(Xb, y)
+    with pytest.raises(HardnessError, match="labels for"):
+        rer.compute_rer(X, y[:-1])
+    with pytest.raises(HardnessError, match="out of range"):
+        rer.compute_rer(X, y, num_classes=3)
+    with pytest.raises(HardnessError, match="objective"):
+        rer.compute_rer(X, y, objective="vae")
+    with pytest.raises(HardnessError, match="shape"):
+        rer.compute_rer(X[:, 0], y)
+
+    # through the adapter: missing vectors, mixed dimensions, NaN, no field
+    vectors = list(X)
+    vectors[5] = None
+    with pytest.raises(HardnessError, match="no value"):
+        rer.run_rer(_labeled_data(vectors, y), embeddings_field="x")
+    vectors = list(X)
+    vectors[5] = X[5][:3]
+    with pytest.raises(HardnessError, match="different lengths"):
+        rer.run_rer(_labeled_data(vectors, y), embeddings_field="x")
+    vectors = list(X)
+    vectors[7] = np.full(6, np.nan)
+    with pytest.raises(HardnessError, match="NaN or inf"):
+        rer.run_rer(_labeled_data(vectors, y), embeddings_field="x")
+    with pytest.raises(HardnessError, match="embeddings field"):
+        rer.run_rer(_labeled_data(X, y))
+    with pytest.raises(HardnessError, match="difficulty range"):
+        rer.run_rer(
+            _labeled_data(X, y), embeddings_field="x", difficulty_range="RN50"
+        )
+
+
+def test_class_without_samples_is_never_predicted():
+    """A declared class with no rows gets no autoencoder: it is never the
+    prediction and has no class chi; the other classes are scored."""
+    rng = np.random.default_rng(0)
+    centers = rng.random((3, 6)) * 4
+    y = np.repeat([0, 2, 3], 20)
+    X = centers[np.searchsorted([0, 2, 3], y)] + rng.normal(0, 0.3, (60, 6))
+    data = _labeled_data(X, y, classes=["a", "b", "c", "d"])
+    out = rer.run_rer(data, embeddings_field="x", epochs=5)
+    assert "b" not in set(out.fields["pred"])
+    assert set(out.results["class_chis"]) == {"a", "c", "d"}
+    assert np.all(np.isfinite(out.fields["score"]))
+    assert out.results["difficulty_range_source"] == "data"
+
+
+def test_reference_difficulty_range_by_model_name():
+    rng = np.random.default_rng(0)
+    X = rng.random((40, 6))
+    y = np.repeat([0, 1, 2, 3], 10)
+    out = rer.run_rer(
+        _labeled_data(X, y), embeddings_field="x", epochs=2,
+        difficulty_range="ViT-L-14",
+    )
+    assert out.results["difficulty_range"] == [0.76, 1.04]
+    lo, hi = 0.76, 1.04
+    assert out.results["classification_difficulty"] == pytest.approx(
+        np.clip((out.results["chi_avg"] - lo) / (hi - lo), 0, 1)
+    )
