@@ -64,6 +64,7 @@ def find_counterexamples(
     fisher_size=100,
     seed=0,
     C=1.0,
+    max_train=50000,
 ):
     """Finds the counter-examples of a suspicious sample (CINCER).
 
@@ -88,6 +89,8 @@ def find_counterexamples(
         fisher_size (100): samples in the Fisher subset (CINCER: 30-100)
         seed (0): the Fisher subset seed
         C (1.0): the last layer's inverse L2 regularization strength
+        max_train (50000): fit the last layer on a random subset of at most
+            this many samples (None for all)
 
     Returns:
         a dict with ``sample_id``, ``label``, ``predicted`` (the model's
@@ -127,6 +130,7 @@ def find_counterexamples(
         fisher_size=fisher_size,
         seed=seed,
         C=C,
+        max_train=max_train,
     )
     ids = [str(data.ids[i]) for i in found["indices"]]
     return {

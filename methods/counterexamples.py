@@ -222,6 +222,7 @@ def rank_counterexamples(
     fisher_size=100,
     seed=0,
     C=1.0,
+    max_train=None,
     probe=None,
 ):
     """Finds the counter-examples of sample ``index``.
@@ -238,6 +239,8 @@ def rank_counterexamples(
         fisher_size (100): samples in the Fisher subset (CINCER: 30-100)
         seed (0): Fisher subset seed
         C (1.0): the probe's inverse L2 strength
+        max_train (None): fit the probe on a random subset of at most this
+            many samples
         probe (None): an already fitted :class:`SoftmaxProbe`
 
     Returns:
@@ -248,7 +251,9 @@ def rank_counterexamples(
     """
     labels = np.asarray(labels, dtype=int)
     if probe is None:
-        probe = SoftmaxProbe(features, labels, num_classes, C=C)
+        probe = SoftmaxProbe(
+            features, labels, num_classes, C=C, max_train=max_train, seed=seed
+        )
     inputs = probe.inputs(features)
     probs = probe.predict_proba(features)
     predicted = int(np.argmax(probs[index]))

@@ -5,9 +5,10 @@ only plugin, on the digits demo dataset with a hardness run (RER when the
 method is registered). Debian's chromium, driven by playwright, opens the
 panel from the "+" menu, checks the figures and the class chart, clicks the
 hardest class and checks that the grid then holds exactly that class, clicks
-a row of the flagged table and checks the selection, saves the flagged
-samples as a view and checks that the App lists it. Screenshots and the
-server log go to ``test-artifacts/``.
+the tallest score-histogram bar and checks that the grid holds that score
+range, clicks a row of the flagged table and checks the selection, saves the
+flagged samples as a view and checks that the App lists it. Screenshots and
+the server log go to ``test-artifacts/``.
 """
 
 import os
@@ -311,6 +312,35 @@ def test_hardness_panel_in_chromium(app_dataset, app_server, browser):
         "click the hardest class bar (%s)" % hardest, click_hardest_class
     )
     steps.shot("class-view")
+
+    counts, _ = run_views.score_histogram(dataset, score_field)
+    tallest = max(range(len(counts)), key=lambda i: counts[i])
+    hist_bars = (
+        content.locator(".js-plotly-plot")
+        .nth(1)
+        .locator(".barlayer .point path")
+    )
+
+    def click_tallest_histogram_bar():
+        hist_bars.first.wait_for(state="visible", timeout=STEP_TIMEOUT_MS)
+        assert hist_bars.count() == len(
+            counts
+        ), "%d histogram bars for %d bins" % (hist_bars.count(), len(counts))
+        bar = hist_bars.nth(tallest)
+        bar.scroll_into_view_if_needed()
+        box = bar.bounding_box()
+        x = box["x"] + box["width"] / 2
+        y = box["y"] + box["height"] / 2
+        page.mouse.move(x, y)
+        page.wait_for_timeout(300)
+        page.mouse.click(x, y)
+        _wait_count(page, counts[tallest])
+
+    steps.run(
+        "click the tallest score-histogram bar (%d samples)" % counts[tallest],
+        click_tallest_histogram_bar,
+    )
+    steps.shot("score-range-view")
 
     # the figures are a markdown table; the flagged samples the last one
     table = content.locator("table").last
