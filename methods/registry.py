@@ -39,6 +39,8 @@ BUILTIN_METHODS = {
                   "rank average of existing runs' scores"),
     "cleanlab": ("fiftyone_hardness.methods.confident_learning",
                  "run_cleanlab", "confident learning with cleanlab"),
+    "rer": ("fiftyone_hardness.methods.rer", "run_rer",
+            "reconstruction error ratios of class-wise autoencoders"),
 }
 
 _custom_methods = {}

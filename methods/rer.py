@@ -878,7 +878,7 @@ def compute_rer(
     )
     result.errors = errors_full
     result.losses = all_losses[:, present]
-    result.results["config"] = dict(
+    result.results["model_config"] = dict(
         objective=objective, hidden_dims=list(hidden_dims),
         n_components=int(n_components), epochs=float(epochs),
         steps=steps, batch_size=int(batch_size),
@@ -1083,7 +1083,8 @@ def run_rer(
 
     Results: ``chi_avg``, ``chi0``, ``chi_rand``, ``noise_rate``,
     ``threshold``, ``classification_difficulty``, ``class_chis`` (class ->
-    mean RER), ``num_flagged`` and the ``config``.
+    mean RER), ``num_flagged`` and ``model_config`` (objective, sizes,
+    epochs, seed, device, ...).
 
     Args:
         data: a :class:`fiftyone_hardness.methods.base.LabeledData`

@@ -8,6 +8,7 @@ from fiftyone_hardness.operators import runs as _runs
 from fiftyone_hardness.operators import dynamics as _dynamics
 from fiftyone_hardness.operators import perturb as _perturb
 from fiftyone_hardness.operators import cleanlab as _cleanlab
+from fiftyone_hardness.operators import rer as _rer
 
 OPERATORS = [
     ComputeEmbeddings,
@@ -23,6 +24,7 @@ OPERATORS = [
     _dynamics.ComputeConsensus,
     _perturb.InjectHardness,
     _cleanlab.ComputeCleanlab,
+    _rer.ComputeRER,
 ]
 
 
