@@ -10,7 +10,6 @@ import json
 import numpy as np
 import pytest
 
-import fiftyone as fo
 import fiftyone.operators as foo
 from fiftyone.operators.executor import ExecutionError
 from fiftyone import ViewField as F

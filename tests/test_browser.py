@@ -13,7 +13,6 @@ the server log go to ``test-artifacts/``.
 
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -171,6 +170,7 @@ class _Steps(object):
         )
 
     def shot(self, name):
+        self.page.wait_for_timeout(1500)  # let the grid draw its images
         path = os.path.join(ARTIFACTS, "browser-%s.png" % name)
         self.page.screenshot(path=path)
         return path
