@@ -369,7 +369,10 @@ def confident_learning(
         ``flag`` (bool), ``pred`` (argmax class index) and ``pred_probs``
         (the probabilities used for the flags), and ``results`` (the
         :func:`health_summary` pieces plus ``num_flagged``, ``threshold``,
-        ``score_method``, ``filter_by``, ``flag_rule``, ``pred_accuracy``)
+        ``score_method``, ``filter_by``, ``flag_rule``, ``pred_accuracy``).
+        ``threshold`` is the lowest score of a flagged sample (None when
+        nothing is flagged): cleanlab's rules are not a cut on the score,
+        so a few unflagged samples may score higher
 
     Raises:
         HardnessError: bad shapes, labels out of range, probabilities that
@@ -737,7 +740,12 @@ def run_cleanlab(
 
 def _read_predictions(data, field, classes):
     """Returns ``(pred_probs, class_names)`` of one predictions field."""
-    logits = data.values(field + ".logits")
+    try:
+        logits = data.values(field + ".logits")
+    except (ValueError, KeyError, AttributeError) as e:
+        raise HardnessError(
+            "Cannot read predictions from '%s': %s" % (field, e)
+        )
     array = _stack(logits)
     if array is not None:
         kind = "logits"
