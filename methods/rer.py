@@ -34,6 +34,7 @@ Implementation notes:
   :data:`CALIBRATIONS`); ``calibration="reference"`` selects the original
   constants.
 """
+import functools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -300,6 +301,7 @@ def _binned_kde(values, grid):
 # ---------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=16)
 def find_ab_params(spread=1.0, min_dist=0.1):
     """Fits UMAP's ``(a, b)`` so that ``1 / (1 + a d^(2b))`` approximates
     ``1`` for ``d < min_dist`` and ``exp(-(d - min_dist) / spread)``
@@ -436,9 +438,6 @@ class _BatchedAutoencoders:
         layers = list(range(self.num_encoder_layers, len(self.weights)))
         return self._layers(z, layers, torch.sigmoid, dropout, gen)
 
-    def l2(self):
-        return sum((w**2).sum(dim=(1, 2)) for w in self.weights)
-
     def errors(self, x):
         """``||x_i - AE_m(x_i)||_2`` for every model m and row i of the
         shared input ``x`` (B, D): returns (M, B). The first layer runs as
@@ -446,7 +445,9 @@ class _BatchedAutoencoders:
         torch = _torch()
         w0 = self.weights[0]
         m, d, h = w0.shape
-        first = x @ w0.permute(1, 0, 2).reshape(d, m * h)
+        if getattr(self, "_w0_flat", None) is None:  # once, after training
+            self._w0_flat = w0.detach().permute(1, 0, 2).reshape(d, m * h)
+        first = x @ self._w0_flat
         first = first.reshape(len(x), m, h).transpose(0, 1) + self.biases[0]
         if self.num_encoder_layers == 1:
             z = first
@@ -456,7 +457,72 @@ class _BatchedAutoencoders:
                 z, list(range(1, self.num_encoder_layers)), lambda v: v
             )
         out = self.decode(z)
-        return torch.linalg.vector_norm(out - x.unsqueeze(0), dim=2)
+        return out.sub_(x.unsqueeze(0)).square_().sum(dim=2).sqrt_()
+
+
+class _Adam:
+    """Adam (Keras' defaults: betas 0.9 / 0.999, eps 1e-7) with an L2
+    penalty ``l2 * sum(w^2)`` on the weights (not the biases), i.e. ``2 *
+    l2 * w`` added to their gradients. Elementwise, so the stacked models
+    stay independent.
+
+    Written out because creating a ``torch.optim`` optimizer imports
+    ``torch._dynamo`` (seconds on a small CPU, longer than a whole digits
+    run); uses torch's fused Adam kernel when it exists, else plain ops.
+    """
+
+    def __init__(self, weights, biases, lr=1e-3, l2=0.0, betas=(0.9, 0.999),
+                 eps=1e-7, fused=None):
+        torch = _torch()
+        self.groups = [(list(weights), 2.0 * l2), (list(biases), 0.0)]
+        self.lr, self.betas, self.eps = lr, betas, eps
+        self.state = [
+            ([torch.zeros_like(p) for p in params],
+             [torch.zeros_like(p) for p in params])
+            for params, _ in self.groups
+        ]
+        self.t = 0
+        if fused is None:
+            fused = hasattr(torch, "_fused_adam_")
+        self.fused = fused
+        self._steps = [
+            [torch.zeros((), dtype=torch.float32, device=p.device)
+             for p in params]
+            for params, _ in self.groups
+        ]
+
+    def step(self):
+        """Applies one update from the gradients, then clears them."""
+        torch = _torch()
+        self.t += 1
+        b1, b2 = self.betas
+        with torch.no_grad():
+            for (params, decay), (ms, vs), steps in zip(
+                self.groups, self.state, self._steps
+            ):
+                grads = [p.grad for p in params]
+                if self.fused:
+                    for s in steps:
+                        s.fill_(self.t)
+                    torch._fused_adam_(
+                        params, grads, ms, vs, [], steps, lr=self.lr,
+                        beta1=b1, beta2=b2, weight_decay=decay,
+                        eps=self.eps, amsgrad=False, maximize=False,
+                    )
+                else:
+                    step = self.lr / (1 - b1**self.t)
+                    bias2 = math.sqrt(1 - b2**self.t)
+                    for p, g, m, v in zip(params, grads, ms, vs):
+                        if decay:
+                            g = g.add(p, alpha=decay)
+                        m.mul_(b1).add_(g, alpha=1 - b1)
+                        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                        p.addcdiv_(
+                            m, v.sqrt().div_(bias2).add_(self.eps),
+                            value=-step,
+                        )
+                for p in params:
+                    p.grad = None
 
 
 def _safe_log_q_logits(sq_dist, a, b, eps=1e-4):
@@ -545,7 +611,7 @@ def _train_chunk(
             device,
         )
         a, b = ab
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    optimizer = _Adam(model.weights, model.biases, lr=learning_rate, l2=l2)
     losses = torch.zeros(steps, m, device=device)
     report_every = max(1, steps // 20)
     for step in range(steps):
@@ -589,9 +655,7 @@ def _train_chunk(
             rec = model.decode(model.encode(x, dropout, gen), dropout, gen)
             loss = ((rec - x) ** 2).mean(dim=(1, 2))
         losses[step] = loss.detach()
-        total = loss.sum() + l2 * model.l2().sum()
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        loss.sum().backward()
         optimizer.step()
         if step % report_every == 0:
             progress(step / steps)
@@ -722,10 +786,11 @@ def compute_rer(
     estimate_probs=False,
     class_chunk_size=None,
     sample_chunk_size=None,
-    memory_budget_mb=1024,
+    memory_budget_mb=None,
     keep_errors=False,
     seed=0,
     device=None,
+    num_threads=None,
     progress=None,
 ):
     """Reconstruction Error Ratios on a feature matrix.
@@ -769,11 +834,16 @@ def compute_rer(
             default: as many as fit in ``memory_budget_mb``
         sample_chunk_size (None): samples evaluated together; default: as
             many as fit in ``memory_budget_mb``
-        memory_budget_mb (1024): the working memory one chunk may use
+        memory_budget_mb (None): the working memory one chunk may use;
+            default 1024 on CPU, 8192 on a GPU
         keep_errors (False): also return the full (K, N) error matrix
         seed (0): random seed (results are deterministic on CPU for a
             given seed and chunk size)
         device (None): torch device; ``cuda`` when available
+        num_threads (None): CPU threads for torch during the call; default
+            1 for small problems (less than ``2e8`` multiply-adds per
+            training step, e.g. digits: thread start-up costs more than it
+            saves, and much more on a busy machine), else torch's setting
         progress (None): a callable ``(fraction, message)``
 
     Returns:
@@ -782,6 +852,62 @@ def compute_rer(
     Raises:
         HardnessError: bad input (see :func:`_validate`)
     """
+    torch = _torch()
+    options = dict(locals())
+    del options["torch"]
+    num_threads = options.pop("num_threads")
+    previous = torch.get_num_threads()
+    if num_threads is None and not str(select_device(device)).startswith(
+        "cuda"
+    ):
+        shape = np.shape(X)
+        classes = len(np.unique(np.asarray(labels)))
+        dims = (shape[-1] if len(shape) == 2 else 1,) + tuple(
+            np.atleast_1d(hidden_dims)
+        ) + (n_components,)
+        macs = classes * 2 * batch_size * 2 * sum(
+            int(a) * int(b) for a, b in zip(dims[:-1], dims[1:])
+        )
+        num_threads = 1 if macs < 2e8 else None
+    if num_threads:
+        torch.set_num_threads(int(num_threads))
+    try:
+        return _compute_rer(**options)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _compute_rer(
+    X,
+    labels,
+    num_classes,
+    objective,
+    hidden_dims,
+    n_components,
+    epochs,
+    batch_size,
+    learning_rate,
+    l2,
+    dropout,
+    n_neighbors,
+    negative_sample_rate,
+    reconstruction_weight,
+    min_dist,
+    spread,
+    fit_frac,
+    fit_samples_per_class,
+    min_steps,
+    calibration,
+    difficulty_range,
+    estimate_probs,
+    class_chunk_size,
+    sample_chunk_size,
+    memory_budget_mb,
+    keep_errors,
+    seed,
+    device,
+    progress,
+):
     torch = _torch()
     progress = progress or no_progress
     X, labels, num_classes = _validate(X, labels, num_classes)
@@ -814,6 +940,8 @@ def compute_rer(
     ab = find_ab_params(spread, min_dist) if objective == "umap" else None
 
     per_model = _model_floats(dim, hidden_dims, n_components)
+    if memory_budget_mb is None:
+        memory_budget_mb = 8192 if str(device).startswith("cuda") else 1024
     budget = memory_budget_mb * 2**20 / 4  # floats
     if class_chunk_size is None:
         # parameters, gradients, 2 Adam moments + training activations
@@ -889,7 +1017,8 @@ def compute_rer(
         ab=list(ab) if ab else None, fit_frac=float(fit_frac),
         fit_samples_per_class=fit_samples_per_class,
         class_chunk_size=int(class_chunk_size), seed=int(seed),
-        device=str(device), calibration=calibration
+        device=str(device), num_threads=torch.get_num_threads()
+        if str(device) == "cpu" else None, calibration=calibration
         if isinstance(calibration, str) else dict(calibration),
     )
     final = all_losses[-max(1, steps // 10):, present].mean(0)

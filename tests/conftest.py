@@ -6,9 +6,12 @@ import os
 import uuid
 
 # Must be set before fiftyone is imported anywhere.
-os.environ.setdefault(
-    "FIFTYONE_DATABASE_NAME", "fiftyone_hardness_tests_%s" % uuid.uuid4().hex[:8]
-)
+# Tests delete every dataset they see, so they only ever run in a database of
+# their own: a user's FIFTYONE_DATABASE_NAME is replaced unless it already
+# names a test database.
+TEST_DB_PREFIX = "fiftyone_hardness_tests_"
+if not os.environ.get("FIFTYONE_DATABASE_NAME", "").startswith(TEST_DB_PREFIX):
+    os.environ["FIFTYONE_DATABASE_NAME"] = TEST_DB_PREFIX + uuid.uuid4().hex[:8]
 os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
 os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
 
@@ -26,6 +29,11 @@ def _drop_test_database():
     import fiftyone as fo
     import fiftyone.core.odm as foo
 
+    if not fo.config.database_name.startswith(TEST_DB_PREFIX):
+        raise RuntimeError(
+            "refusing to clean up database %r: not a test database"
+            % fo.config.database_name
+        )
     for name in fo.list_datasets():
         fo.delete_dataset(name)
     try:
