@@ -1,0 +1,523 @@
+"""
+The hardness benchmark: "which method finds which kind of problem on MY
+data?" Injects known hardness into clones of a dataset
+(:mod:`fiftyone_hardness.perturb`), scores every clone with every method,
+evaluates them against the known mask (:mod:`fiftyone_hardness.evaluate`)
+and writes ``results.json``, a markdown report and PNG plots, plus a summary
+run on the source dataset.
+
+From a shell::
+
+    python -m fiftyone_hardness.benchmark --dataset NAME \\
+        --embeddings-field embeddings --types uniform pair zoom_shift \\
+        --props 0.1 0.2 --seeds 0 1 --methods rer cleanlab dynamics \\
+        --output-dir docs/benchmark
+
+    # the built-in digits demo (clean labels, offline embeddings)
+    python -m fiftyone_hardness.benchmark --demo
+
+From Python::
+
+    import fiftyone_hardness.benchmark as fhb
+
+    summary = fhb.run_benchmark(dataset, types=["uniform", "zoom_shift"])
+    print(dataset.load_run_results("hardness_benchmark").summary())
+
+Method names are registry methods (``rer``, ``cleanlab``, ``dynamics``,
+``aum``, ...) plus ``cleanlab_knn`` (cleanlab on the k-NN vote) and
+``consensus`` (the rank average of all other runs on the clone). A
+``dynamics`` run contributes each of its 13 methods; its ``cleanlab`` is
+reported as ``cleanlab_dynamics``.
+
+Embeddings of perturbed images are recomputed on each clone with the model
+recorded on the embeddings field (only the perturbed samples: the clone
+keeps everyone else's). Each setting runs in its own clone, deleted
+afterwards with its image files; with ``workers > 1`` settings run in
+parallel processes.
+"""
+
+import argparse
+import concurrent.futures
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import shutil
+import tempfile
+import time
+import uuid
+
+import numpy as np
+
+import fiftyone as fo
+
+from fiftyone_hardness import api
+from fiftyone_hardness import evaluate as fhe
+from fiftyone_hardness import perturb as fhp
+from fiftyone_hardness.methods import benchmark_report
+from fiftyone_hardness.methods import runs
+from fiftyone_hardness.methods.base import HardnessError
+
+logger = logging.getLogger(__name__)
+
+#: the grid of issue 6 on images: every mislabeling type (``human`` needs a
+#: second annotator's field), near-OOD, far-OOD and the atypical shifts
+DEFAULT_TYPES = (
+    "uniform",
+    "asymmetric",
+    "adjacent",
+    "instance",
+    "symmetric",
+    "pair",
+    "confidence",
+    "ood_covariate",
+    "far_ood",
+    "zoom_shift",
+    "crop_shift",
+)
+DEFAULT_PROPS = (0.1, 0.2)
+DEFAULT_SEEDS = (0, 1)
+DEFAULT_METHODS = ("rer", "cleanlab", "cleanlab_knn", "dynamics", "consensus")
+DEFAULT_RUN_KEY = "hardness_benchmark"
+
+#: method names that are a registry method with fixed options
+VARIANTS = {"cleanlab_knn": ("cleanlab", {"probs": "knn"})}
+
+_IMAGE_TYPES = set(fhp.IMAGE_TYPES)
+
+
+def _method_spec(name):
+    if name in VARIANTS:
+        return VARIANTS[name]
+    if name not in api.list_methods():
+        raise HardnessError(
+            "Unknown method '%s'; use one of: %s"
+            % (name, ", ".join(sorted(set(api.list_methods()) | set(VARIANTS))))
+        )
+    return name, {}
+
+
+def check_grid(samples, types, props, seeds, methods, label_field,
+               embeddings_field, run_key=None, overwrite=False):
+    """Validates a grid before anything runs.
+
+    Raises:
+        HardnessError: unknown type or method, bad rate, missing fields,
+            an existing summary run without ``overwrite``
+    """
+    unknown = [t for t in types if t not in fhp.list_hardness_types()]
+    if unknown:
+        raise HardnessError(
+            "Unknown hardness types %s; use: %s"
+            % (unknown, ", ".join(fhp.list_hardness_types()))
+        )
+    if "human" in types:
+        raise HardnessError(
+            "'human' needs a second annotator's field; run it with "
+            "perturb.inject_hardness(..., annotator_field=...)"
+        )
+    for rate in props:
+        if not 0 < float(rate) < 1:
+            raise HardnessError("Rates must be in (0, 1); got %r" % (rate,))
+    if not seeds:
+        raise HardnessError("Give at least one seed")
+    if not methods:
+        raise HardnessError("Give at least one method")
+    for name in methods:
+        if name != "consensus":
+            _method_spec(name)
+    if len(samples) == 0:
+        raise HardnessError("The collection is empty")
+    runs.validate_label_field(samples, label_field)
+    if not samples.has_field(embeddings_field):
+        raise HardnessError(
+            "Dataset '%s' has no field '%s'; compute it first with "
+            "fiftyone_hardness.compute_embeddings(samples, "
+            "embeddings_field='%s')"
+            % (samples._dataset.name, embeddings_field, embeddings_field)
+        )
+    if set(types) & _IMAGE_TYPES and not api.get_embeddings_info(
+        samples, embeddings_field
+    ):
+        raise HardnessError(
+            "Image hardness types need to recompute '%s' on perturbed "
+            "images, but it was not made by compute_embeddings (no record "
+            "of its model); use label types only, or recompute it"
+            % embeddings_field
+        )
+    if run_key:
+        runs.validate_run_key(samples, run_key, overwrite=overwrite)
+
+
+def clean_model_probs(samples, label_field, embeddings_field, seed=0):
+    """Out-of-sample probabilities of a clean model (our cross-validated
+    logistic-regression probe on the embeddings), one row per labelled
+    sample in order, for ``instance`` / ``confidence`` injections; computed
+    once per benchmark instead of once per clone."""
+    from fiftyone_hardness.methods import probes
+
+    data = runs.load_labeled_data(samples, label_field)
+    X = data.embeddings(embeddings_field)
+    return probes.cross_val_probs(X, data.labels, len(data.classes),
+                                  seed=seed), data.classes
+
+
+def run_setting(source_name, hardness, rate, seed, methods, label_field,
+                embeddings_field, pred_probs=None, work_dir=None):
+    """One cell of the grid: inject, score, evaluate, clean up.
+
+    Returns:
+        ``(records, scores)``: one record per method (see
+        :mod:`fiftyone_hardness.methods.benchmark_report`) and
+        ``{method: {source id: score}}``
+    """
+    quiet = lambda *args: None  # noqa: E731
+    source = fo.load_dataset(source_name)
+    name = "hardness-benchmark-%s" % uuid.uuid4().hex[:10]
+    work_dir = work_dir or tempfile.gettempdir()
+    image_dir = os.path.join(work_dir, name)
+    clone = fhp.inject_hardness(
+        source,
+        hardness,
+        rate=rate,
+        seed=seed,
+        name=name,
+        label_field=label_field,
+        pred_probs=pred_probs if hardness in ("instance", "confidence")
+        else None,
+        vector_field=embeddings_field if hardness == "atypical" else None,
+        output_dir=image_dir,
+        progress=quiet,
+    )
+    try:
+        missing = clone.exists(embeddings_field, False)
+        if len(missing):
+            info = api.get_embeddings_info(source, embeddings_field)
+            api.compute_embeddings(
+                clone,
+                model=info["model"],
+                pretrained=info.get("pretrained"),
+                image_size=info.get("image_size"),
+                embeddings_field=embeddings_field,
+                skip_existing=True,
+                progress=quiet,
+            )
+        seconds = {}
+        for name_ in methods:
+            if name_ == "consensus":
+                continue
+            method, options = _method_spec(name_)
+            start = time.perf_counter()
+            api.apply_hardness(
+                clone,
+                method,
+                label_field=label_field,
+                run_key=name_,
+                embeddings_field=embeddings_field,
+                progress=quiet,
+                **options
+            )
+            seconds[name_] = time.perf_counter() - start
+        if "consensus" in methods:
+            members = [m for m in methods if m != "consensus"]
+            start = time.perf_counter()
+            api.apply_hardness(clone, "consensus", label_field=label_field,
+                               run_key="consensus", runs=members,
+                               progress=quiet)
+            seconds["consensus"] = time.perf_counter() - start
+        evaluated = fhe.evaluate_runs(clone, run_keys=list(seconds))
+        records, scores = [], {}
+        source_ids = clone.values(fhp.SOURCE_ID_FIELD)
+        for run_key, figures in evaluated.items():
+            for score_name, f in figures.items():
+                label = _score_label(run_key, score_name, evaluated)
+                record = {
+                    k: v for k, v in f.items()
+                    if k not in ("run_key", "method", "score_field",
+                                 "flag_field")
+                }
+                record.update(hardness=hardness, rate=float(rate),
+                              seed=int(seed), method=label,
+                              run_key=run_key,
+                              seconds=seconds[run_key])
+                records.append(record)
+                values = clone.values(f["score_field"])
+                scores[label] = {
+                    i: float(v) for i, v in zip(source_ids, values)
+                    if v is not None
+                }
+        return records, scores
+    finally:
+        clone.delete()
+        shutil.rmtree(image_dir, ignore_errors=True)
+
+
+def _score_label(run_key, score_name, evaluated):
+    """The report name of one score: the run key for a single-score run,
+    the method for a multi-score run (``dynamics``), suffixed with the run
+    key when a single-score run already has that name."""
+    if len(evaluated[run_key]) == 1:
+        return run_key
+    if score_name in evaluated:
+        return "%s_%s" % (score_name, run_key)
+    return score_name
+
+
+def _init_worker(num_threads):
+    import torch
+
+    torch.set_num_threads(num_threads)
+    logging.getLogger("fiftyone").setLevel(logging.WARNING)
+
+
+def run_benchmark(
+    samples,
+    types=DEFAULT_TYPES,
+    props=DEFAULT_PROPS,
+    seeds=DEFAULT_SEEDS,
+    methods=DEFAULT_METHODS,
+    label_field="ground_truth",
+    embeddings_field="embeddings",
+    output_dir=None,
+    run_key=DEFAULT_RUN_KEY,
+    overwrite=False,
+    workers=1,
+    progress=None,
+):
+    """Runs the benchmark grid and reports it.
+
+    Args:
+        samples: the source dataset (or a view); never modified except for
+            the summary run
+        types: hardness types (see
+            :func:`fiftyone_hardness.perturb.list_hardness_types`)
+        props: injected fractions
+        seeds: injection seeds
+        methods: method names (see the module docs)
+        label_field ("ground_truth"): the ``fo.Classification`` field
+        embeddings_field ("embeddings"): the features every method uses
+        output_dir (None): where ``results.json``, ``report.md`` and the
+            plots go; None writes no files
+        run_key ("hardness_benchmark"): the summary run's key on
+            ``samples``; None stores none
+        overwrite (False): replace an existing summary run
+        workers (1): settings run in parallel processes
+        progress (None): a callable ``(fraction, message)``; None shows a
+            progress bar
+
+    Returns:
+        the summary dict of
+        :func:`fiftyone_hardness.methods.benchmark_report.summarize_grid`
+        with ``records`` and ``config`` added
+    """
+    types, props, seeds = list(types), [float(p) for p in props], list(seeds)
+    methods = list(methods)
+    check_grid(samples, types, props, seeds, methods, label_field,
+               embeddings_field, run_key=run_key, overwrite=overwrite)
+
+    start = time.perf_counter()
+    source = samples
+    temporary = None
+    if not isinstance(samples, fo.Dataset) or not samples.persistent:
+        # workers load the source by name: a view becomes a dataset
+        temporary = samples.clone(
+            "hardness-benchmark-source-%s" % uuid.uuid4().hex[:8]
+        )
+        source = temporary
+    settings = [(t, p, s) for t in types for p in props for s in seeds]
+    pred_probs = None
+    if set(types) & {"instance", "confidence"}:
+        pred_probs, _ = clean_model_probs(source, label_field,
+                                          embeddings_field)
+
+    records, scores = [], {}
+    work_dir = tempfile.mkdtemp(prefix="hardness-benchmark-")
+    bar = None
+    if progress is None:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(settings), desc="benchmark", unit="setting")
+
+        def progress(fraction, message=""):
+            bar.n = int(round(fraction * len(settings)))
+            bar.set_postfix_str(message)
+            bar.refresh()
+
+    def collect(setting, result):
+        setting_records, setting_scores = result
+        records.extend(setting_records)
+        for method, table in setting_scores.items():
+            scores[setting + (method,)] = table
+        progress(
+            len({(r["hardness"], r["rate"], r["seed"]) for r in records})
+            / len(settings),
+            "%s p=%.2f seed %d done" % setting,
+        )
+
+    args = (methods, label_field, embeddings_field)
+    try:
+        progress(0.0, "%d settings" % len(settings))
+        if workers <= 1:
+            for setting in settings:
+                collect(setting, run_setting(
+                    source.name, *setting, *args, pred_probs=pred_probs,
+                    work_dir=work_dir))
+        else:
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            with concurrent.futures.ProcessPoolExecutor(
+                max_workers=workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(threads,),
+            ) as pool:
+                futures = {
+                    pool.submit(run_setting, source.name, *setting, *args,
+                                pred_probs=pred_probs, work_dir=work_dir):
+                    setting
+                    for setting in settings
+                }
+                for future in concurrent.futures.as_completed(futures):
+                    collect(futures[future], future.result())
+    finally:
+        if bar is not None:
+            bar.close()
+        shutil.rmtree(work_dir, ignore_errors=True)
+        if temporary is not None:
+            temporary.delete()
+
+    summary = benchmark_report.summarize_grid(records, scores)
+    config = {
+        "dataset": samples._dataset.name,
+        "samples": len(samples),
+        "label field": label_field,
+        "features": _describe_features(samples, embeddings_field),
+        "hardness types": types,
+        "rates": props,
+        "seeds": seeds,
+        "methods": methods,
+        "settings": len(settings),
+        "workers": workers,
+        "wall time": "%.0f s" % (time.perf_counter() - start),
+        "machine": "%s, %d CPU cores" % (platform.machine(),
+                                          os.cpu_count() or 1),
+    }
+    summary.update(config=config, records=records)
+    if output_dir:
+        paths = benchmark_report.write_report(summary, config, output_dir)
+        with open(os.path.join(output_dir, "results.json"), "w") as f:
+            json.dump(runs.to_jsonable(summary), f, indent=1)
+        summary["report"] = paths["report"]
+    if run_key:
+        _save_summary_run(samples, run_key, summary, overwrite)
+    return summary
+
+
+def _describe_features(samples, embeddings_field):
+    info = api.get_embeddings_info(samples, embeddings_field) or {}
+    if not info:
+        return "`%s`" % embeddings_field
+    extra = ", %dpx" % info["image_size"] if info.get("image_size") else ""
+    return "`%s` (%s, %d dims%s)" % (
+        embeddings_field, info.get("model"), info.get("dim", 0), extra
+    )
+
+
+def _save_summary_run(samples, run_key, summary, overwrite):
+    if run_key in samples.list_runs():
+        if not overwrite:
+            raise HardnessError("Run '%s' already exists" % run_key)
+        samples.delete_run(run_key)
+    config = runs.HardnessBenchmarkConfig(
+        **runs.to_jsonable({
+            k.replace(" ", "_"): v for k, v in summary["config"].items()
+        })
+    )
+    samples.register_run(run_key, config)
+    results = runs.HardnessBenchmarkResults(
+        samples, config, run_key,
+        num_settings=summary["config"]["settings"],
+        report=summary.get("report"),
+        **runs.to_jsonable({
+            k: v for k, v in summary.items()
+            if k not in ("config", "report")
+        })
+    )
+    samples.save_run_results(run_key, results)
+
+
+def load_demo_source(name="hardness-digits-clean"):
+    """The digits demo dataset with clean labels and offline-backbone
+    embeddings (64 px) in ``embeddings``: the benchmark's built-in source."""
+    from fiftyone_hardness import demo
+
+    if fo.dataset_exists(name):
+        dataset = fo.load_dataset(name)
+        if dataset.has_field("embeddings") and not len(
+            dataset.exists("embeddings", False)
+        ):
+            return dataset
+        dataset.delete()
+    dataset = demo.load_digits_dataset(name=name, noise_rate=0.0,
+                                       overwrite=True)
+    api.compute_embeddings(dataset, embeddings_field="embeddings",
+                           image_size=64)
+    return dataset
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m fiftyone_hardness.benchmark",
+        description="Inject known hardness into clones of a dataset, score "
+        "them with every method and report which method finds what.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", help="the source dataset's name")
+    source.add_argument("--demo", action="store_true",
+                        help="the built-in digits dataset (clean labels)")
+    parser.add_argument("--label-field", default="ground_truth")
+    parser.add_argument("--embeddings-field", default="embeddings")
+    parser.add_argument("--types", nargs="+", default=list(DEFAULT_TYPES))
+    parser.add_argument("--props", nargs="+", type=float,
+                        default=list(DEFAULT_PROPS))
+    parser.add_argument("--seeds", nargs="+", type=int,
+                        default=list(DEFAULT_SEEDS))
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
+    parser.add_argument("--output-dir", default="hardness-benchmark")
+    parser.add_argument("--run-key", default=DEFAULT_RUN_KEY)
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args(argv)
+
+    if args.demo:
+        dataset = load_demo_source()
+    else:
+        if not fo.dataset_exists(args.dataset):
+            parser.error("no dataset named '%s'" % args.dataset)
+        dataset = fo.load_dataset(args.dataset)
+    try:
+        summary = run_benchmark(
+            dataset, types=args.types, props=args.props, seeds=args.seeds,
+            methods=args.methods, label_field=args.label_field,
+            embeddings_field=args.embeddings_field,
+            output_dir=args.output_dir, run_key=args.run_key,
+            overwrite=args.overwrite, workers=args.workers,
+        )
+    except HardnessError as e:
+        parser.exit(2, "error: %s\n" % e)
+    print("\nmean rank by AUROC (1 = best):")
+    for m, r in summary["ranks"].items():
+        print("  %-22s %.2f" % (m, r["mean"]))
+    print("\nbest per hardness type:")
+    for t, (m, v) in benchmark_report.best_per_type(summary).items():
+        print("  %-14s %-22s AUROC %.3f" % (t, m, v))
+    print("\nreport: %s (%s)" % (summary.get("report"),
+                                 summary["config"]["wall time"]))
+
+
+if __name__ == "__main__":
+    # run the package module, so that worker processes and pickled
+    # functions refer to fiftyone_hardness.benchmark, not __main__
+    from fiftyone_hardness import benchmark as _benchmark
+
+    _benchmark.main()

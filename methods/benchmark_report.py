@@ -1,0 +1,405 @@
+"""
+Aggregation and reporting of a hardness benchmark grid, on plain records:
+tables of mean figures per method and hardness type, ranks per setting,
+stability across seeds, a markdown report and PNG plots.
+
+A *record* is one method evaluated on one setting: a dict with
+``hardness``, ``rate``, ``seed``, ``method`` and the figures of
+:func:`fiftyone_hardness.methods.evaluation.evaluate_scores` (``auroc``,
+``auprc``, ``f1``, ...), plus ``seconds`` (the wall time of the run that
+produced the score).
+"""
+
+import collections
+import logging
+import os
+
+import numpy as np
+
+from fiftyone_hardness.methods import evaluation
+
+logger = logging.getLogger(__name__)
+
+#: hardness type -> the family it belongs to in the report
+FAMILIES = {
+    "uniform": "mislabeling",
+    "asymmetric": "mislabeling",
+    "adjacent": "mislabeling",
+    "instance": "mislabeling",
+    "symmetric": "mislabeling",
+    "pair": "mislabeling",
+    "confidence": "mislabeling",
+    "human": "mislabeling",
+    "ood_covariate": "near-OOD",
+    "domain_shift": "near-OOD",
+    "far_ood": "far-OOD",
+    "zoom_shift": "atypical",
+    "crop_shift": "atypical",
+    "atypical": "atypical",
+}
+
+
+def _ordered(values):
+    seen = []
+    for v in values:
+        if v not in seen:
+            seen.append(v)
+    return seen
+
+
+def mean_table(records, metric="auroc", by=("method", "hardness")):
+    """Mean of ``metric`` over the records of each ``by`` group.
+
+    Returns:
+        a dict ``tuple(group values) -> {"mean", "std", "n"}`` (None values
+        are left out; groups with none get ``mean`` None)
+    """
+    groups = collections.defaultdict(list)
+    for r in records:
+        groups[tuple(r[k] for k in by)].append(r)
+    return {
+        key: evaluation.summarize(rs, keys=[metric])[metric]
+        for key, rs in groups.items()
+    }
+
+
+def mean_ranks(records, metric="auroc"):
+    """Each method's rank within each setting (hardness, rate, seed) by
+    ``metric`` (1 = best, ties share the average rank; a method without a
+    value ranks last), averaged over the settings.
+
+    Returns:
+        a dict ``method -> {"mean", "std", "n"}``, best first, and per
+        family: ``{family: {method: mean rank}}``
+    """
+    from scipy.stats import rankdata
+
+    settings = collections.defaultdict(dict)
+    for r in records:
+        value = r.get(metric)
+        settings[(r["hardness"], r["rate"], r["seed"])][r["method"]] = (
+            -np.inf if value is None else float(value)
+        )
+    per_method = collections.defaultdict(list)
+    per_family = collections.defaultdict(lambda: collections.defaultdict(list))
+    for (hardness, _, _), values in settings.items():
+        methods = list(values)
+        ranks = rankdata([-values[m] for m in methods], method="average")
+        family = FAMILIES.get(hardness, "other")
+        for m, rank in zip(methods, ranks):
+            per_method[m].append(rank)
+            per_family[family][m].append(rank)
+    overall = {
+        m: {
+            "mean": float(np.mean(v)),
+            "std": float(np.std(v)),
+            "n": len(v),
+        }
+        for m, v in per_method.items()
+    }
+    overall = dict(sorted(overall.items(), key=lambda kv: kv[1]["mean"]))
+    families = {
+        family: {m: float(np.mean(v)) for m, v in methods.items()}
+        for family, methods in per_family.items()
+    }
+    return overall, families
+
+
+def stability_table(scores):
+    """Stability across seeds: the mean pairwise Spearman correlation of a
+    method's scores between the seeds of one (hardness, rate), over the
+    samples every seed's clone shares.
+
+    Args:
+        scores: a dict ``(hardness, rate, seed, method) -> {source id:
+            score}``
+
+    Returns:
+        a dict ``(method, hardness) -> mean stability over the rates``
+    """
+    grouped = collections.defaultdict(list)
+    for (hardness, rate, seed, method), table in scores.items():
+        grouped[(method, hardness, rate)].append(table)
+    per_rate = collections.defaultdict(list)
+    for (method, hardness, rate), tables in grouped.items():
+        if len(tables) < 2:
+            continue
+        shared = set(tables[0])
+        for t in tables[1:]:
+            shared &= set(t)
+        shared = sorted(shared)
+        if len(shared) < 2:
+            continue
+        value = evaluation.stability(
+            [np.array([t[k] for k in shared], dtype=float) for t in tables]
+        )
+        if value is not None:
+            per_rate[(method, hardness)].append(value)
+    return {key: float(np.mean(v)) for key, v in per_rate.items()}
+
+
+def summarize_grid(records, scores=None):
+    """Everything the report shows, as JSON-serializable dicts.
+
+    Returns:
+        a dict with ``methods`` (best mean rank first), ``types``,
+        ``auroc`` / ``auprc`` / ``f1`` (method -> type -> mean),
+        ``auroc_by_rate`` (method -> type -> rate -> mean), ``ranks``,
+        ``family_ranks``, ``noise_rate_abs_error`` (method -> type -> mean,
+        for methods with an estimate), ``stability`` (method -> type ->
+        mean Spearman) and ``seconds`` (method -> mean run time)
+    """
+    ranks, family_ranks = mean_ranks(records)
+    methods = list(ranks)
+    types = _ordered(r["hardness"] for r in records)
+
+    def nested(metric):
+        table = mean_table(records, metric)
+        return {
+            m: {
+                t: table[(m, t)]["mean"]
+                for t in types
+                if (m, t) in table and table[(m, t)]["mean"] is not None
+            }
+            for m in methods
+        }
+
+    by_rate = mean_table(records, "auroc", by=("method", "hardness", "rate"))
+    auroc_by_rate = collections.defaultdict(lambda: collections.defaultdict(dict))
+    for (m, t, rate), value in by_rate.items():
+        auroc_by_rate[m][t][str(rate)] = value["mean"]
+    # a noise-rate estimate targets label noise: judge it on those types
+    labels_only = [
+        r for r in records if FAMILIES.get(r["hardness"]) == "mislabeling"
+    ]
+    table = mean_table(labels_only, "noise_rate_abs_error")
+    errors = {
+        m: {
+            t: table[(m, t)]["mean"]
+            for t in types
+            if (m, t) in table and table[(m, t)]["mean"] is not None
+        }
+        for m in methods
+    }
+    seconds = mean_table(records, "seconds", by=("method",))
+    out = {
+        "methods": methods,
+        "types": types,
+        "auroc": nested("auroc"),
+        "auprc": nested("auprc"),
+        "f1": nested("f1"),
+        "auroc_by_rate": {m: dict(v) for m, v in auroc_by_rate.items()},
+        "ranks": ranks,
+        "family_ranks": family_ranks,
+        "noise_rate_abs_error": {m: v for m, v in errors.items() if v},
+        "seconds": {m: seconds[(m,)]["mean"] for m in methods},
+    }
+    if scores:
+        stab = stability_table(scores)
+        out["stability"] = {
+            m: {t: stab[(m, t)] for t in types if (m, t) in stab}
+            for m in methods
+        }
+    return out
+
+
+def _cell(value, fmt="%.3f"):
+    return "-" if value is None else fmt % value
+
+
+def _table(summary, metric, fmt="%.3f"):
+    types = summary["types"]
+    lines = [
+        "| method | " + " | ".join(types) + " | mean |",
+        "|---" * (len(types) + 2) + "|",
+    ]
+    for m in summary["methods"]:
+        row = summary[metric].get(m, {})
+        values = [row.get(t) for t in types]
+        present = [v for v in values if v is not None]
+        mean = float(np.mean(present)) if present else None
+        lines.append(
+            "| %s | " % m
+            + " | ".join(_cell(v, fmt) for v in values)
+            + " | %s |" % _cell(mean, fmt)
+        )
+    return "\n".join(lines)
+
+
+def best_per_type(summary, metric="auroc"):
+    """Returns ``{type: (method, value)}``: the best method per type."""
+    out = {}
+    for t in summary["types"]:
+        candidates = [
+            (summary[metric][m][t], m)
+            for m in summary["methods"]
+            if t in summary[metric].get(m, {})
+        ]
+        if candidates:
+            value, method = max(candidates)
+            out[t] = (method, value)
+    return out
+
+
+def markdown_report(summary, config, plots=None):
+    """The benchmark report as markdown.
+
+    Args:
+        summary: the output of :func:`summarize_grid`
+        config: a dict describing the grid (dataset, types, rates, seeds,
+            methods, features, wall time, machine)
+        plots (None): a dict ``title -> relative PNG path`` to embed
+    """
+    lines = [
+        "# Hardness benchmark: %s" % config.get("dataset", ""),
+        "",
+        "Known hardness was injected into clones of the dataset "
+        "(`fiftyone_hardness.perturb`) and every method scored each clone; "
+        "perturbed samples are the positives and every score is oriented "
+        "higher = harder, so 0.5 AUROC is chance and below 0.5 means the "
+        "method ranks the injected samples as *easier* than the rest.",
+        "",
+        "| setting | value |",
+        "|---|---|",
+    ]
+    for key, value in config.items():
+        if isinstance(value, (list, tuple)):
+            value = ", ".join(str(v) for v in value)
+        lines.append("| %s | %s |" % (key, value))
+    lines += ["", "## Mean rank (AUROC, 1 = best, over every setting)", ""]
+    lines += ["| method | mean rank | " + " | ".join(
+        sorted(summary["family_ranks"])) + " |"]
+    lines += ["|---|---|" + "---|" * len(summary["family_ranks"])]
+    for m, r in summary["ranks"].items():
+        fam = [
+            _cell(summary["family_ranks"][f].get(m), "%.1f")
+            for f in sorted(summary["family_ranks"])
+        ]
+        lines.append(
+            "| %s | %.2f | %s |" % (m, r["mean"], " | ".join(fam))
+        )
+    lines += ["", "## Best method per hardness type (AUROC)", ""]
+    for t, (m, value) in best_per_type(summary).items():
+        lines.append("- **%s**: %s (%.3f)" % (t, m, value))
+    sections = [
+        ("AUROC (mean over rates and seeds)", "auroc", "%.3f"),
+        ("AUPRC", "auprc", "%.3f"),
+        ("F1 of each method's own flags", "f1", "%.3f"),
+    ]
+    for title, metric, fmt in sections:
+        lines += ["", "## " + title, "", _table(summary, metric, fmt)]
+    if summary.get("noise_rate_abs_error"):
+        lines += [
+            "",
+            "## Noise-rate estimate: mean absolute error",
+            "",
+            "Only methods that estimate a noise rate, on the mislabeling "
+            "types; the truth is the injected fraction.",
+            "",
+            _table(
+                dict(
+                    summary,
+                    methods=list(summary["noise_rate_abs_error"]),
+                ),
+                "noise_rate_abs_error",
+            ),
+        ]
+    if summary.get("stability"):
+        lines += [
+            "",
+            "## Stability across seeds",
+            "",
+            "Mean pairwise Spearman correlation of the scores of clones "
+            "made with different injection seeds, over the samples they "
+            "share (different samples are perturbed in each, so this is the "
+            "stability of the whole pipeline).",
+            "",
+            _table(summary, "stability"),
+        ]
+    lines += ["", "## Time per run (s, mean over settings)", ""]
+    lines += ["| method | seconds |", "|---|---|"]
+    for m in summary["methods"]:
+        lines.append("| %s | %s |" % (m, _cell(summary["seconds"].get(m),
+                                              "%.1f")))
+    lines.append("")
+    lines.append(
+        "Methods of one `dynamics` run share one training run, so they show "
+        "its time."
+    )
+    for title, path in (plots or {}).items():
+        lines += ["", "## " + title, "", "![%s](%s)" % (title, path)]
+    return "\n".join(lines) + "\n"
+
+
+def plot_heatmap(summary, path, metric="auroc"):
+    """A method x hardness-type heatmap of the mean ``metric`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods, types = summary["methods"], summary["types"]
+    values = np.full((len(methods), len(types)), np.nan)
+    for i, m in enumerate(methods):
+        for j, t in enumerate(types):
+            v = summary[metric].get(m, {}).get(t)
+            if v is not None:
+                values[i, j] = v
+    fig, ax = plt.subplots(
+        figsize=(1.0 + 0.75 * len(types), 1.0 + 0.38 * len(methods))
+    )
+    image = ax.imshow(values, cmap="RdYlGn", vmin=0.0, vmax=1.0,
+                      aspect="auto")
+    ax.set_xticks(range(len(types)), types, rotation=40, ha="right")
+    ax.set_yticks(range(len(methods)), methods)
+    for i in range(len(methods)):
+        for j in range(len(types)):
+            if np.isfinite(values[i, j]):
+                ax.text(j, i, "%.2f" % values[i, j], ha="center",
+                        va="center", fontsize=7)
+    fig.colorbar(image, ax=ax, label=metric.upper())
+    ax.set_title("%s by method and hardness type" % metric.upper())
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_ranks(summary, path):
+    """Mean rank per method (bar chart with the spread over settings)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(summary["ranks"])
+    means = [summary["ranks"][m]["mean"] for m in methods]
+    stds = [summary["ranks"][m]["std"] for m in methods]
+    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.32 * len(methods)))
+    ax.barh(range(len(methods)), means, xerr=stds, color="#4c72b0",
+            alpha=0.85)
+    ax.set_yticks(range(len(methods)), methods)
+    ax.invert_yaxis()
+    ax.set_xlabel("mean rank by AUROC over settings (1 = best)")
+    ax.set_title("Method ranks")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(summary, config, output_dir):
+    """Writes ``report.md``, ``auroc_heatmap.png`` and ``ranks.png`` into
+    ``output_dir`` and returns their paths."""
+    os.makedirs(output_dir, exist_ok=True)
+    heatmap = plot_heatmap(summary, os.path.join(output_dir,
+                                                 "auroc_heatmap.png"))
+    ranks = plot_ranks(summary, os.path.join(output_dir, "ranks.png"))
+    plots = {
+        "AUROC heatmap": os.path.basename(heatmap),
+        "Mean ranks": os.path.basename(ranks),
+    }
+    report = os.path.join(output_dir, "report.md")
+    with open(report, "w") as f:
+        f.write(markdown_report(summary, config, plots))
+    return {"report": report, "heatmap": heatmap, "ranks": ranks}
