@@ -12,6 +12,7 @@ from fiftyone_hardness.api import (  # noqa: F401
     compute_embeddings,
     list_methods,
 )
+from fiftyone_hardness.review import find_counterexamples  # noqa: F401
 
 
 def register(p):

@@ -159,8 +159,9 @@ def clean_model_probs(samples, label_field, embeddings_field, seed=0):
 
     data = runs.load_labeled_data(samples, label_field)
     X = data.embeddings(embeddings_field)
-    return probes.cross_val_probs(X, data.labels, len(data.classes),
-                                  seed=seed), data.classes
+    probe = probes.cross_val_probs(X, data.labels, len(data.classes),
+                                   seed=seed)
+    return probe.pred_probs, data.classes
 
 
 def run_setting(source_name, hardness, rate, seed, methods, label_field,
@@ -319,8 +320,8 @@ def run_benchmark(
     start = time.perf_counter()
     source = samples
     temporary = None
-    if not isinstance(samples, fo.Dataset) or not samples.persistent:
-        # workers load the source by name: a view becomes a dataset
+    if not isinstance(samples, fo.Dataset):
+        # settings load the source by name: a view becomes a dataset
         temporary = samples.clone(
             "hardness-benchmark-source-%s" % uuid.uuid4().hex[:8]
         )
@@ -365,12 +366,13 @@ def run_benchmark(
                     work_dir=work_dir))
         else:
             threads = max(1, (os.cpu_count() or 1) // workers)
-            with concurrent.futures.ProcessPoolExecutor(
+            pool = concurrent.futures.ProcessPoolExecutor(
                 max_workers=workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init_worker,
                 initargs=(threads,),
-            ) as pool:
+            )
+            try:
                 futures = {
                     pool.submit(run_setting, source.name, *setting, *args,
                                 pred_probs=pred_probs, work_dir=work_dir):
@@ -379,6 +381,9 @@ def run_benchmark(
                 }
                 for future in concurrent.futures.as_completed(futures):
                     collect(futures[future], future.result())
+            finally:
+                # a failed setting stops the grid now, not after the queue
+                pool.shutdown(wait=True, cancel_futures=True)
     finally:
         if bar is not None:
             bar.close()
@@ -465,6 +470,13 @@ def load_demo_source(name="hardness-digits-clean"):
     return dataset
 
 
+def best_method_lines(summary):
+    """One line per method, best mean rank first."""
+    return [
+        "%-22s %.2f" % (m, r["mean"]) for m, r in summary["ranks"].items()
+    ]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m fiftyone_hardness.benchmark",
@@ -506,8 +518,8 @@ def main(argv=None):
     except HardnessError as e:
         parser.exit(2, "error: %s\n" % e)
     print("\nmean rank by AUROC (1 = best):")
-    for m, r in summary["ranks"].items():
-        print("  %-22s %.2f" % (m, r["mean"]))
+    for line in best_method_lines(summary):
+        print("  " + line)
     print("\nbest per hardness type:")
     for t, (m, v) in benchmark_report.best_per_type(summary).items():
         print("  %-14s %-22s AUROC %.3f" % (t, m, v))

@@ -441,8 +441,11 @@ class Cleanlab(HardnessMethod):
     def flags(self, score, extras, record):
         from cleanlab.filter import find_label_issues
 
+        # n_jobs=1: cleanlab's process pool costs more than it saves here,
+        # and fails inside spawned worker processes
         flag = find_label_issues(
-            record.labels, record.cv_probs, filter_by="prune_by_noise_rate"
+            record.labels, record.cv_probs, filter_by="prune_by_noise_rate",
+            n_jobs=1,
         )
         return flag, float(score[flag].min()) if flag.any() else None
 

@@ -9,6 +9,7 @@ from fiftyone_hardness.operators import dynamics as _dynamics
 from fiftyone_hardness.operators import perturb as _perturb
 from fiftyone_hardness.operators import cleanlab as _cleanlab
 from fiftyone_hardness.operators import rer as _rer
+from fiftyone_hardness.operators import benchmark as _benchmark
 
 OPERATORS = [
     ComputeEmbeddings,
@@ -25,6 +26,7 @@ OPERATORS = [
     _perturb.InjectHardness,
     _cleanlab.ComputeCleanlab,
     _rer.ComputeRER,
+    _benchmark.RunHardnessBenchmark,
 ]
 
 

@@ -1,0 +1,215 @@
+"""
+The benchmark grid (``python -m fiftyone_hardness.benchmark``): aggregation
+and report on hand-made records, a small real grid on digits (quality,
+files, summary run, the source left untouched), bad input, the operator.
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import fiftyone as fo
+
+from fiftyone_hardness import benchmark as fhb
+from fiftyone_hardness.methods import benchmark_report as br
+from fiftyone_hardness.methods.base import HardnessError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _record(hardness, seed, method, auroc, **extra):
+    return dict(hardness=hardness, rate=0.1, seed=seed, method=method,
+                auroc=auroc, seconds=1.0, **extra)
+
+
+def test_ranks_and_tables_on_hand_made_records():
+    records = [
+        _record("uniform", 0, "a", 0.9), _record("uniform", 0, "b", 0.7),
+        _record("uniform", 0, "c", 0.7),
+        _record("uniform", 1, "a", 0.8), _record("uniform", 1, "b", 0.6),
+        _record("uniform", 1, "c", None),
+        _record("zoom_shift", 0, "a", 0.4), _record("zoom_shift", 0, "b", 0.6),
+        _record("zoom_shift", 0, "c", 0.5),
+    ]
+    ranks, families = br.mean_ranks(records)
+    # uniform seed 0: a=1, b=c=2.5; seed 1: a=1, b=2, c (missing) last = 3;
+    # zoom_shift: b=1, c=2, a=3
+    assert ranks["a"]["mean"] == pytest.approx((1 + 1 + 3) / 3)
+    assert ranks["b"]["mean"] == pytest.approx((2.5 + 2 + 1) / 3)
+    assert ranks["c"]["mean"] == pytest.approx((2.5 + 3 + 2) / 3)
+    assert list(ranks) == ["b", "a", "c"]  # best mean rank first
+    assert families["mislabeling"]["a"] == 1.0
+    assert families["atypical"]["b"] == 1.0
+
+    summary = br.summarize_grid(records)
+    assert summary["auroc"]["a"]["uniform"] == pytest.approx(0.85)
+    assert summary["auroc"]["c"]["uniform"] == pytest.approx(0.7)  # None out
+    assert br.best_per_type(summary) == {
+        "uniform": ("a", pytest.approx(0.85)),
+        "zoom_shift": ("b", pytest.approx(0.6)),
+    }
+
+
+def test_stability_over_shared_samples():
+    rng = np.random.default_rng(0)
+    base = rng.random(50)
+    ids = ["s%d" % i for i in range(50)]
+    same = {("uniform", 0.1, s, "m"): dict(zip(ids, base)) for s in (0, 1)}
+    assert br.stability_table(same)[("m", "uniform")] == pytest.approx(1.0)
+    # only the shared samples count: seed 1 lacks the first 10
+    partial = {
+        ("uniform", 0.1, 0, "m"): dict(zip(ids, base)),
+        ("uniform", 0.1, 1, "m"): dict(zip(ids[10:], -base[10:])),
+    }
+    assert br.stability_table(partial)[("m", "uniform")] == pytest.approx(-1)
+
+
+def test_report_files(tmp_path):
+    records = [
+        _record(t, s, m, v, f1=v / 2, auprc=v, noise_rate_abs_error=0.01)
+        for t in ("uniform", "far_ood")
+        for s in (0, 1)
+        for m, v in (("rer", 0.9), ("loss", 0.6))
+    ]
+    summary = br.summarize_grid(records)
+    paths = br.write_report(summary, {"dataset": "x"}, str(tmp_path))
+    for key in ("heatmap", "ranks"):
+        with open(paths[key], "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    text = open(paths["report"]).read()
+    assert "| rer | 0.900 | 0.900 | 0.900 |" in text
+    assert "![AUROC heatmap](auroc_heatmap.png)" in text
+    # noise-rate errors are judged on mislabeling types only
+    assert summary["noise_rate_abs_error"]["rer"] == {
+        "uniform": pytest.approx(0.01)
+    }
+
+
+@pytest.fixture(scope="module")
+def clean_digits():
+    from fiftyone_hardness import demo
+
+    dataset = demo.load_digits_dataset(
+        name="hardness-test-benchmark-source", noise_rate=0.0,
+        overwrite=True, persistent=False,
+    )
+    yield dataset
+    dataset.delete()
+
+
+def test_small_grid_on_digits(clean_digits, tmp_path):
+    before_datasets = set(fo.list_datasets())
+    before_labels = clean_digits.values("ground_truth.label")
+    before_fields = set(clean_digits.get_field_schema())
+    out = str(tmp_path / "report")
+
+    summary = fhb.run_benchmark(
+        clean_digits,
+        types=["uniform", "pair"],
+        props=[0.1],
+        seeds=[0, 1],
+        methods=["rer", "cleanlab_knn", "consensus"],
+        embeddings_field="pixels",
+        output_dir=out,
+        run_key="bench",
+        progress=lambda *a: None,
+    )
+
+    # one record per method and setting, every setting really perturbed
+    assert len(summary["records"]) == 2 * 2 * 3
+    assert {r["num_perturbed"] for r in summary["records"]} == {180}
+    auroc = summary["auroc"]
+    print({m: {t: round(v, 3) for t, v in row.items()}
+           for m, row in auroc.items()})
+    # quality on known mistakes: the k-NN vote and RER find label flips on
+    # digit pixels (measured: 0.99+ and 0.98+)
+    assert auroc["cleanlab_knn"]["uniform"] >= 0.95
+    assert auroc["rer"]["uniform"] >= 0.95
+    assert auroc["consensus"]["pair"] >= 0.9
+    assert set(summary["stability"]["rer"]) == {"uniform", "pair"}
+
+    with open(os.path.join(out, "results.json")) as f:
+        saved = json.load(f)
+    assert saved["auroc"]["rer"]["uniform"] == pytest.approx(
+        auroc["rer"]["uniform"])
+    assert os.path.exists(os.path.join(out, "auroc_heatmap.png"))
+    assert "cleanlab_knn" in open(os.path.join(out, "report.md")).read()
+
+    # the summary run is on the source, not among hardness runs
+    from fiftyone_hardness.methods import runs
+
+    results = clean_digits.load_run_results("bench")
+    assert results.ranks == summary["ranks"]
+    assert "bench" not in runs.list_hardness_runs(clean_digits)
+
+    # the source is untouched and every clone is gone
+    assert clean_digits.values("ground_truth.label") == before_labels
+    assert set(clean_digits.get_field_schema()) == before_fields
+    assert set(fo.list_datasets()) == before_datasets
+
+    with pytest.raises(HardnessError, match="already exists"):
+        fhb.run_benchmark(clean_digits, types=["uniform"],
+                          embeddings_field="pixels", run_key="bench")
+    clean_digits.delete_run("bench")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(types=["nope"]), "Unknown hardness types"),
+        (dict(types=["human"]), "second annotator"),
+        (dict(props=[1.5]), "Rates must be in"),
+        (dict(methods=["nope"]), "Unknown method 'nope'"),
+        (dict(embeddings_field="missing"), "has no field 'missing'"),
+        # pixels were not made by compute_embeddings: images cannot be
+        # re-embedded after a perturbation
+        (dict(types=["zoom_shift"]), "not made by compute_embeddings"),
+        (dict(label_field="pixels"), "Classification"),
+    ],
+)
+def test_bad_grids(clean_digits, kwargs, message):
+    args = dict(types=["uniform"], embeddings_field="pixels", run_key=None)
+    args.update(kwargs)
+    before = set(fo.list_datasets())
+    with pytest.raises(HardnessError, match=message):
+        fhb.run_benchmark(clean_digits, **args)
+    assert set(fo.list_datasets()) == before
+
+
+def test_operator_runs_a_grid(clean_digits, tmp_path):
+    from fiftyone_hardness.operators.benchmark import _params
+
+    params = _params({"types": ["uniform"], "props": "0.1", "seeds": "0, 1",
+                      "methods": ["cleanlab_knn"],
+                      "embeddings_field": "pixels", "run_key": "op_bench"})
+    assert params["props"] == [0.1] and params["seeds"] == [0, 1]
+    with pytest.raises(ValueError, match="numbers"):
+        _params({"props": "a, b"})
+
+    import fiftyone.operators as foo
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    os.symlink(REPO, plugins / "fiftyone-hardness")
+    old = fo.config.plugins_dir
+    fo.config.plugins_dir = str(plugins)
+    try:
+        uri = "@fiftyone-hardness/hardness/run_hardness_benchmark"
+        assert uri in [op.uri for op in foo.list_operators()]
+        view = clean_digits.take(600, seed=1)  # a view: cloned for the grid
+        result = foo.get_operator(uri)(
+            view, types=["uniform"], props="0.1", seeds="0, 1",
+            methods=["cleanlab_knn"], embeddings_field="pixels",
+            run_key="op_bench", output_dir=str(tmp_path / "out"),
+        )
+        assert result.error is None, result.error
+        assert result.result["ranking"].startswith("cleanlab_knn")
+        assert os.path.exists(tmp_path / "out" / "report.md")
+        summary = clean_digits.load_run_results("op_bench")
+        assert summary.config.samples == 600
+        assert summary.auroc["cleanlab_knn"]["uniform"] > 0.9
+    finally:
+        fo.config.plugins_dir = old
+        if "op_bench" in clean_digits.list_runs():
+            clean_digits.delete_run("op_bench")
