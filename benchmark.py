@@ -48,7 +48,6 @@ import tempfile
 import time
 import uuid
 
-import numpy as np
 
 import fiftyone as fo
 

@@ -238,12 +238,16 @@ def stability_of_fields(samples, score_fields):
 def _noise_rate(results, suffix, name):
     """The run's noise-rate estimate for one of its scores: the run-level
     ``noise_rate`` for a single-score run, else the per-method entry
-    ``methods[name]["noise_rate"]`` (as ``dynamics`` runs store it)."""
+    ``methods[name]["noise_rate"]`` (as ``dynamics`` runs store it) when
+    it is that method's own estimate (its flag rule), else None."""
     if suffix == "score":
         return getattr(results, "noise_rate", None)
     methods = getattr(results, "methods", None)
     if isinstance(methods, dict) and isinstance(methods.get(name), dict):
-        return methods[name].get("noise_rate")
+        entry = methods[name]
+        # top-fraction flags reuse one shared rate: not each method's own
+        if entry.get("own_noise_estimate", True):
+            return entry.get("noise_rate")
     return None
 
 

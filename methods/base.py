@@ -205,3 +205,16 @@ def top_fraction_flags(scores, fraction):
     if k > 0:
         flags[np.argsort(-scores, kind="stable")[:k]] = True
     return flags
+
+
+def class_means(scores, labels, classes):
+    """Returns ``{class: mean score}`` over the samples of each class
+    (classes without samples are left out)."""
+    scores = np.asarray(scores, dtype=float)
+    counts = np.bincount(labels, minlength=len(classes))
+    sums = np.bincount(labels, weights=scores, minlength=len(classes))
+    return {
+        c: float(sums[i] / counts[i])
+        for i, c in enumerate(classes)
+        if counts[i]
+    }

@@ -38,6 +38,12 @@ FAMILIES = {
     "atypical": "atypical",
 }
 
+#: pairs of types that METHODS.md section 4 defines as one injection
+SAME_INJECTION = [
+    ("uniform", "symmetric", "a random different class"),
+    ("instance", "confidence", "the most likely wrong class of a clean model"),
+]
+
 
 def _ordered(values):
     seen = []
@@ -267,6 +273,31 @@ def markdown_report(summary, config, plots=None):
             value = ", ".join(str(v) for v in value)
         lines.append("| %s | %s |" % (key, value))
     lines += ["", "## Mean rank (AUROC, 1 = best, over every setting)", ""]
+    families = {}
+    for t in summary["types"]:
+        families.setdefault(FAMILIES.get(t, "other"), []).append(t)
+    lines += [
+        "Families: "
+        + "; ".join(
+            "%s = %s" % (f, ", ".join(ts)) for f, ts in sorted(families.items())
+        )
+        + ".",
+        "",
+    ]
+    same = [
+        pair
+        for pair in SAME_INJECTION
+        if all(t in summary["types"] for t in pair)
+    ]
+    if same:
+        lines += [
+            " ".join(
+                "`%s` and `%s` are the same injection under two names (%s), "
+                "so their columns match." % (a, b, why)
+                for a, b, why in same
+            ),
+            "",
+        ]
     lines += ["| method | mean rank | " + " | ".join(
         sorted(summary["family_ranks"])) + " |"]
     lines += ["|---|---|" + "---|" * len(summary["family_ranks"])]

@@ -48,6 +48,7 @@ from fiftyone_hardness.methods.base import (
     HardnessError,
     MethodOutput,
     check_classes,
+    class_means,
     select_device,
 )
 
@@ -1253,7 +1254,7 @@ def run_dynamics(
         for suffix, values in out.extras.items():
             fields["%s_%s" % (name, suffix)] = values
         per_method[name] = out.results
-        per_method[name]["class_scores"] = _class_means(
+        per_method[name]["class_scores"] = class_means(
             out.score, data.labels, data.classes
         )
     flags = np.stack([out.flag for out in computed.values()])
@@ -1272,7 +1273,7 @@ def run_dynamics(
         "noise_rate": float(estimate),
         "threshold": None,
         "num_flagged": int((flags.mean(0) > 0.5).sum()),
-        "class_scores": _class_means(ranks, data.labels, data.classes),
+        "class_scores": class_means(ranks, data.labels, data.classes),
     }
     results.update(
         _common_results(record, config, cached, on, embeddings_field)
@@ -1329,17 +1330,6 @@ def _single_runner(name):
         "of the same data and training setup." % (name, method.description)
     )
     return run
-
-
-def _class_means(scores, labels, classes):
-    scores = np.asarray(scores, dtype=float)
-    counts = np.bincount(labels, minlength=len(classes))
-    sums = np.bincount(labels, weights=scores, minlength=len(classes))
-    return {
-        c: float(sums[i] / counts[i])
-        for i, c in enumerate(classes)
-        if counts[i]
-    }
 
 
 def _rank_percentile(scores):

@@ -108,9 +108,13 @@ class HardnessMethod(object):
                 noise_rate = estimate_noise_rate(record)
             flag, threshold = _top_fraction(score, noise_rate)
             results["noise_rate"] = float(noise_rate)
+            # the rate was given or is the run's shared estimate (the AUM
+            # rule's), not this method's own
+            results["own_noise_estimate"] = False
         else:
             flag, threshold = self.flags(score, extras, record)
             results["noise_rate"] = float(np.mean(flag))
+            results["own_noise_estimate"] = True
         results["threshold"] = threshold
         results["num_flagged"] = int(np.sum(flag))
         return MethodScore(

@@ -23,7 +23,11 @@ import numpy as np
 import fiftyone as fo
 import fiftyone.core.runs as fors
 
-from fiftyone_hardness.methods.base import HardnessError, LabeledData
+from fiftyone_hardness.methods.base import (
+    HardnessError,
+    LabeledData,
+    class_means,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -438,18 +442,6 @@ def write_fields(samples, ids, columns):
         for row, _id in enumerate(ids)
     ]
     samples._dataset._bulk_write(ops, ids=ids)
-
-
-def class_means(scores, labels, classes):
-    """Returns ``{class: mean score}`` over the samples of each class."""
-    scores = np.asarray(scores, dtype=float)
-    counts = np.bincount(labels, minlength=len(classes))
-    sums = np.bincount(labels, weights=scores, minlength=len(classes))
-    return {
-        c: float(sums[i] / counts[i])
-        for i, c in enumerate(classes)
-        if counts[i]
-    }
 
 
 def _to_field_values(values):

@@ -13,7 +13,9 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from fiftyone_hardness.operators.common import (
+    dropdown_input,
     label_field_input,
+    multi_select_input,
     run_with_progress,
     vector_fields,
 )
@@ -77,44 +79,29 @@ class RunHardnessBenchmark(foo.Operator):
             )
             ready = False
         if ready:
-            view = types.DropdownView()
-            for name in fields:
-                view.add_choice(name, label=name)
-            inputs.enum(
+            dropdown_input(
+                inputs,
                 "embeddings_field",
-                view.values(),
-                default="embeddings" if "embeddings" in fields else fields[0],
+                [(f, f) for f in fields],
+                "embeddings" if "embeddings" in fields else fields[0],
+                "Embeddings field",
+                "Recomputed on perturbed images with its model",
                 required=True,
-                label="Embeddings field",
-                description="Recomputed on perturbed images with its model",
-                view=view,
             )
-            type_view = types.AutocompleteView(
-                allow_user_input=False, allow_duplicates=False
-            )
-            for name, _, text in HARDNESS_CHOICES:
-                if name != "human":
-                    type_view.add_choice(name, label=text)
-            inputs.list(
+            multi_select_input(
+                inputs,
                 "types",
-                types.String(),
-                default=list(benchmark.DEFAULT_TYPES),
-                required=True,
-                label="Hardness types",
-                view=type_view,
+                [(n, text) for n, _, text in HARDNESS_CHOICES
+                 if n != "human"],
+                list(benchmark.DEFAULT_TYPES),
+                "Hardness types",
             )
-            method_view = types.AutocompleteView(
-                allow_user_input=False, allow_duplicates=False
-            )
-            for name, text in METHOD_CHOICES:
-                method_view.add_choice(name, label=text)
-            inputs.list(
+            multi_select_input(
+                inputs,
                 "methods",
-                types.String(),
-                default=list(benchmark.DEFAULT_METHODS),
-                required=True,
-                label="Methods",
-                view=method_view,
+                METHOD_CHOICES,
+                list(benchmark.DEFAULT_METHODS),
+                "Methods",
             )
             inputs.str("props", default="0.1, 0.2", required=True,
                        label="Fractions to perturb")

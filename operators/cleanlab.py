@@ -15,6 +15,7 @@ import fiftyone.operators.types as types
 from fiftyone_hardness.operators.common import (
     HardnessOperator,
     classification_fields,
+    dropdown_input,
     embeddings_input,
     label_field_input,
     run_key_input,
@@ -55,23 +56,6 @@ def prediction_fields(view, label_field=None):
     return fields + vector_fields(view)
 
 
-def _dropdown(
-    inputs, name, choices, default, label, description=None, required=False
-):
-    view = types.DropdownView()
-    for value, text in choices:
-        view.add_choice(value, label=text)
-    inputs.enum(
-        name,
-        view.values(),
-        default=default,
-        required=required,
-        label=label,
-        description=description,
-        view=view,
-    )
-
-
 class ComputeCleanlab(HardnessOperator):
     """Confident learning with cleanlab on out-of-sample probabilities."""
 
@@ -108,7 +92,7 @@ class ComputeCleanlab(HardnessOperator):
             else:
                 ready = embeddings_input(ctx, inputs)
                 if ready:
-                    _dropdown(inputs, "probs", PROBES, "logreg", "Probe")
+                    dropdown_input(inputs, "probs", PROBES, "logreg", "Probe")
         if ready:
             ready = self.method_inputs(ctx, inputs) is not False
         if ready:
@@ -132,7 +116,7 @@ class ComputeCleanlab(HardnessOperator):
                 ),
             )
             return False
-        _dropdown(
+        dropdown_input(
             inputs,
             "pred_field",
             [(f, f) for f in fields],
@@ -162,7 +146,7 @@ class ComputeCleanlab(HardnessOperator):
         return True
 
     def method_inputs(self, ctx, inputs):
-        _dropdown(
+        dropdown_input(
             inputs,
             "score_method",
             SCORE_METHODS,
@@ -170,7 +154,7 @@ class ComputeCleanlab(HardnessOperator):
             "Label quality score",
             "Stored as {run_key}_score = 1 - label quality",
         )
-        _dropdown(
+        dropdown_input(
             inputs,
             "filter_by",
             FILTER_BY,

@@ -42,6 +42,41 @@ def vector_fields(view):
     return sorted(names)
 
 
+def dropdown_input(
+    inputs, name, choices, default, label, description=None, required=False
+):
+    """Adds a dropdown of ``choices``, a list of ``(value, text)`` pairs."""
+    view = types.DropdownView()
+    for value, text in choices:
+        view.add_choice(value, label=text)
+    inputs.enum(
+        name,
+        view.values(),
+        default=default,
+        required=required,
+        label=label,
+        description=description,
+        view=view,
+    )
+
+
+def multi_select_input(inputs, name, choices, default, label,
+                       description=None):
+    """Adds a multi-select list of ``choices`` (``(value, text)`` pairs)."""
+    view = types.DropdownView(multiple=True)
+    for value, text in choices:
+        view.add_choice(value, label=text)
+    inputs.list(
+        name,
+        types.String(),
+        default=default,
+        required=True,
+        label=label,
+        description=description,
+        view=view,
+    )
+
+
 def label_field_input(ctx, inputs):
     """Adds a dropdown of Classification fields. Returns False (after adding
     an error notice) when the view has none."""

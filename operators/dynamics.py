@@ -15,6 +15,7 @@ from fiftyone_hardness.operators.common import (
     HardnessOperator,
     embeddings_input,
     label_field_input,
+    multi_select_input,
     run_key_input,
     run_with_progress,
 )
@@ -38,21 +39,6 @@ DYNAMICS_METHODS = [
     ("detector", "Detector: P(noisy) from flipped-label trajectories"),
     ("cleanlab", "cleanlab on cross-validated probabilities"),
 ]
-
-
-def _multi_select(inputs, name, choices, default, label, description):
-    view = types.DropdownView(multiple=True)
-    for value, text in choices:
-        view.add_choice(value, label=text)
-    inputs.list(
-        name,
-        types.String(),
-        default=default,
-        required=True,
-        label=label,
-        description=description,
-        view=view,
-    )
 
 
 class ComputeDynamics(HardnessOperator):
@@ -89,7 +75,7 @@ class ComputeDynamics(HardnessOperator):
         return types.Property(inputs, view=types.View(label=self.label))
 
     def method_inputs(self, ctx, inputs):
-        _multi_select(
+        multi_select_input(
             inputs,
             "methods",
             DYNAMICS_METHODS,
@@ -218,7 +204,7 @@ class ComputeConsensus(HardnessOperator):
                 ),
             )
             return False
-        _multi_select(
+        multi_select_input(
             inputs,
             "runs",
             choices,

@@ -16,6 +16,7 @@ import fiftyone.operators.types as types
 
 from fiftyone_hardness.operators.common import (
     classification_fields,
+    dropdown_input,
     label_field_input,
     run_with_progress,
     vector_fields,
@@ -148,17 +149,14 @@ def _error(inputs, name, label, description):
 
 
 def _dropdown(inputs, name, fields, label, description, default=None):
-    view = types.DropdownView()
-    for field in fields:
-        view.add_choice(field, label=field)
-    inputs.enum(
+    dropdown_input(
+        inputs,
         name,
-        view.values(),
-        default=default if default in fields else fields[0],
+        [(f, f) for f in fields],
+        default if default in fields else fields[0],
+        label,
+        description,
         required=True,
-        label=label,
-        description=description,
-        view=view,
     )
 
 

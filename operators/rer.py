@@ -11,7 +11,10 @@ import logging
 
 import fiftyone.operators.types as types
 
-from fiftyone_hardness.operators.common import HardnessOperator
+from fiftyone_hardness.operators.common import (
+    HardnessOperator,
+    dropdown_input,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -32,20 +35,6 @@ DIFFICULTY_RANGES = [
 ]
 
 
-def _dropdown(inputs, name, choices, default, label, description=None):
-    view = types.DropdownView()
-    for value, text in choices:
-        view.add_choice(value, label=text)
-    inputs.enum(
-        name,
-        view.values(),
-        default=default,
-        label=label,
-        description=description,
-        view=view,
-    )
-
-
 class ComputeRER(HardnessOperator):
     """Reconstruction Error Ratios on an embeddings field."""
 
@@ -58,7 +47,7 @@ class ComputeRER(HardnessOperator):
     )
 
     def method_inputs(self, ctx, inputs):
-        _dropdown(
+        dropdown_input(
             inputs, "objective", OBJECTIVES, "umap", "Training objective"
         )
         inputs.int(
@@ -91,14 +80,14 @@ class ComputeRER(HardnessOperator):
         )
         if ctx.params.get("unsupervised", False):
             inputs.int("n_clusters", label="Clusters (default: #classes)")
-        _dropdown(
+        dropdown_input(
             inputs,
             "difficulty_range",
             DIFFICULTY_RANGES,
             "data",
             "Difficulty normalization",
         )
-        _dropdown(
+        dropdown_input(
             inputs, "calibration", CALIBRATIONS, "fitted", "Threshold constants"
         )
         inputs.int("seed", default=0, label="Seed")

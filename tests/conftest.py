@@ -80,3 +80,19 @@ def digits_embedded(digits_dataset):
             digits_dataset, embeddings_field="embeddings", image_size=64
         )
     return digits_dataset
+
+
+@pytest.fixture
+def plugins_dir(tmp_path):
+    """FiftyOne's plugins dir pointed at a folder holding this repository
+    (as a user installs the plugin), restored afterwards."""
+    import fiftyone as fo
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    os.symlink(repo, plugins / "fiftyone-hardness")
+    old = fo.config.plugins_dir
+    fo.config.plugins_dir = str(plugins)
+    yield str(plugins)
+    fo.config.plugins_dir = old

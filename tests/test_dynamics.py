@@ -440,6 +440,10 @@ def test_dynamics_on_digits_pixels(digits):
     assert loaded.methods["cleanlab"]["noise_rate"] == pytest.approx(
         0.2, abs=0.06
     )
+    # own flag rules estimate a rate; top-fraction flags reuse the run's
+    assert loaded.methods["aum"]["own_noise_estimate"] is True
+    assert loaded.methods["el2n"]["own_noise_estimate"] is False
+    assert loaded.methods["el2n"]["noise_rate"] == loaded.noise_rate
 
     # a single method reuses the recorded run of the same setup
     aum = digits.apply_hardness("aum", embeddings_field="pixels")

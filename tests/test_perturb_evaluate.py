@@ -588,9 +588,15 @@ def _knn_disagreement(data, embeddings_field="pixels", k=10):
             "flag": score > 0.5,
             "other_score": -score,
             "other_flag": score < 0.5,
+            "shared_score": score,
+            "shared_flag": score > 0.5,
         },
         results={
-            "methods": {"other": {"noise_rate": 0.5}},
+            "methods": {
+                "other": {"noise_rate": 0.5},
+                # a rate the method reuses (top-fraction flags), not its own
+                "shared": {"noise_rate": 0.5, "own_noise_estimate": False},
+            },
             "noise_rate": None,
         },
     )
@@ -627,13 +633,14 @@ def test_evaluate_run_on_injected_noise(digits_dataset):
         assert oracle["num_perturbed"] == round(0.2 * len(digits_dataset))
 
         knn = fhe.evaluate_run(clones[0], "test_knn")
-        assert set(knn) == {"test_knn", "other"}
+        assert set(knn) == {"test_knn", "other", "shared"}
         assert knn["test_knn"]["auroc"] > 0.9  # a real detector finds it
         assert knn["other"]["auroc"] == pytest.approx(
             1 - knn["test_knn"]["auroc"]
         )
         assert knn["other"]["noise_rate_estimate"] == 0.5
         assert knn["test_knn"]["noise_rate_estimate"] is None
+        assert knn["shared"]["noise_rate_estimate"] is None
 
         everything = fhe.evaluate_runs(clones[0])
         assert set(everything) == {"test_oracle", "test_knn"}
