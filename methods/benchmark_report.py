@@ -287,7 +287,7 @@ def markdown_report(summary, config, plots=None):
     same = [
         pair
         for pair in SAME_INJECTION
-        if all(t in summary["types"] for t in pair)
+        if all(t in summary["types"] for t in pair[:2])
     ]
     if same:
         lines += [

@@ -281,13 +281,13 @@ class GeneratorDropout(nn.Module):
         return x * keep / (1.0 - self.p)
 
 
-class MLP(nn.Module):
-    """A one-hidden-layer MLP probe: ``D -> hidden (ReLU) -> dropout -> K``.
-    The logits are linear (no activation on them)."""
+class _Classifier(nn.Module):
+    """``body`` (penultimate features) -> dropout -> linear ``head``: the
+    logits have no activation on them."""
 
-    def __init__(self, in_dim, num_classes, hidden=256, dropout=0.2):
+    def __init__(self, body, hidden, num_classes, dropout):
         super().__init__()
-        self.body = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU())
+        self.body = body
         self.dropout = GeneratorDropout(dropout)
         self.head = nn.Linear(hidden, num_classes)
 
@@ -299,7 +299,16 @@ class MLP(nn.Module):
         return self.head(self.dropout(self.embed(x)))
 
 
-class SmallCNN(nn.Module):
+class MLP(_Classifier):
+    """A one-hidden-layer MLP probe: ``D -> hidden (ReLU) -> dropout -> K``.
+    The logits are linear (no activation on them)."""
+
+    def __init__(self, in_dim, num_classes, hidden=256, dropout=0.2):
+        body = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU())
+        super().__init__(body, hidden, num_classes, dropout)
+
+
+class SmallCNN(_Classifier):
     """A small CNN: two 3x3 conv + 2x2 max-pool stages, ``hidden`` features
     (ReLU), dropout, linear logits. No batch norm, so eval-mode outputs of a
     sample do not depend on the rest of its batch, and no adaptive pooling,
@@ -316,7 +325,6 @@ class SmallCNN(nn.Module):
     def __init__(
         self, input_shape, num_classes, hidden=128, dropout=0.2, width=16
     ):
-        super().__init__()
         channels, height, width_px = input_shape
         if height < 4 or width_px < 4:
             raise HardnessError(
@@ -324,7 +332,7 @@ class SmallCNN(nn.Module):
                 % (height, width_px)
             )
         flat = 2 * width * (height // 4) * (width_px // 4)
-        self.body = nn.Sequential(
+        body = nn.Sequential(
             nn.Conv2d(channels, width, 3, padding=1),
             nn.ReLU(),
             nn.MaxPool2d(2),
@@ -335,15 +343,7 @@ class SmallCNN(nn.Module):
             nn.Linear(flat, hidden),
             nn.ReLU(),
         )
-        self.dropout = GeneratorDropout(dropout)
-        self.head = nn.Linear(hidden, num_classes)
-
-    def embed(self, x):
-        """The penultimate features."""
-        return self.body(x)
-
-    def forward(self, x):
-        return self.head(self.dropout(self.embed(x)))
+        super().__init__(body, hidden, num_classes, dropout)
 
 
 def build_model(config, input_shape, num_classes, device):

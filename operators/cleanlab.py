@@ -19,7 +19,6 @@ from fiftyone_hardness.operators.common import (
     embeddings_input,
     label_field_input,
     run_key_input,
-    run_with_progress,
     vector_fields,
 )
 
@@ -216,18 +215,4 @@ class ComputeCleanlab(HardnessOperator):
             result = yield from super().execute(ctx)
             return result
 
-        from fiftyone_hardness import api
-
-        results = yield from run_with_progress(
-            ctx,
-            api.apply_hardness,
-            samples=ctx.target_view(),
-            method=self.method,
-            label_field=ctx.params["label_field"],
-            run_key=ctx.params.get("run_key") or self.method,
-            overwrite=bool(ctx.params.get("overwrite", False)),
-            **self.method_params(ctx),
-        )
-        if not ctx.delegated:
-            yield ctx.trigger("reload_dataset")
-        yield {"summary": results.summary(), "run_key": results.key}
+        yield from self.run_method(ctx, self.method_params(ctx))

@@ -299,6 +299,14 @@ class HardnessOperator(foo.Operator):
                     skip_existing=True,
                 )
             params["embeddings_field"] = field
+        yield from self.run_method(ctx, params)
+
+    def run_method(self, ctx, params):
+        """Runs ``apply_hardness`` with the form's label field, run key and
+        overwrite plus ``params``, with progress; reloads the App and yields
+        the run's summary. A generator."""
+        from fiftyone_hardness import api
+
         results = yield from run_with_progress(
             ctx,
             api.apply_hardness,

@@ -17,7 +17,6 @@ from fiftyone_hardness.operators.common import (
     label_field_input,
     multi_select_input,
     run_key_input,
-    run_with_progress,
 )
 
 logger = logging.getLogger(__name__)
@@ -135,25 +134,11 @@ class ComputeDynamics(HardnessOperator):
             result = yield from super().execute(ctx)
             return result
 
-        from fiftyone_hardness import api
-
         params = self.method_params(ctx)
         params["on"] = "images"
         if ctx.params.get("image_size"):
             params["image_size"] = int(ctx.params["image_size"])
-        results = yield from run_with_progress(
-            ctx,
-            api.apply_hardness,
-            samples=ctx.target_view(),
-            method=self.method,
-            label_field=ctx.params["label_field"],
-            run_key=ctx.params.get("run_key") or self.method,
-            overwrite=bool(ctx.params.get("overwrite", False)),
-            **params,
-        )
-        if not ctx.delegated:
-            yield ctx.trigger("reload_dataset")
-        yield {"summary": results.summary(), "run_key": results.key}
+        yield from self.run_method(ctx, params)
 
 
 def consensus_members(dataset):

@@ -80,6 +80,12 @@ def test_report_files(tmp_path):
     assert "![AUROC heatmap](auroc_heatmap.png)" in text
     assert "far-OOD = far_ood; mislabeling = uniform." in text
     assert "same injection" not in text  # only said when both are present
+    both = br.summarize_grid([
+        _record(t, 0, m, v) for t in ("uniform", "symmetric")
+        for m, v in (("rer", 0.9), ("loss", 0.6))
+    ])
+    assert "`uniform` and `symmetric` are the same injection" in (
+        br.markdown_report(both, {}))
     # noise-rate errors are judged on mislabeling types only
     assert summary["noise_rate_abs_error"]["rer"] == {
         "uniform": pytest.approx(0.01)
