@@ -699,48 +699,39 @@ def test_digits_end_to_end(digits):
     assert digits.has_field("cl_knn_score")
 
 
-def test_operator(tmp_path, digits):
+def test_operator(plugins_dir, digits):
     import fiftyone as fo
     import fiftyone.operators as foo
 
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    os.symlink(repo, plugins / "fiftyone-hardness")
-    old = fo.config.plugins_dir
-    fo.config.plugins_dir = str(plugins)
-    try:
-        uri = "@fiftyone-hardness/hardness/compute_cleanlab"
-        assert uri in [op.uri for op in foo.list_operators()]
-        view = digits.take(500, seed=1)
-        result = foo.get_operator(uri)(
-            view, embeddings_field="pixels", probs="knn", run_key="op_cl"
-        )
-        assert result.error is None, result.error
-        assert len(digits.exists("op_cl_score")) == 500
-        assert digits.load_run_results("op_cl").probs_source == "knn"
+    uri = "@fiftyone-hardness/hardness/compute_cleanlab"
+    assert uri in [op.uri for op in foo.list_operators()]
+    view = digits.take(500, seed=1)
+    result = foo.get_operator(uri)(
+        view, embeddings_field="pixels", probs="knn", run_key="op_cl"
+    )
+    assert result.error is None, result.error
+    assert len(digits.exists("op_cl_score")) == 500
+    assert digits.load_run_results("op_cl").probs_source == "knn"
 
-        # predictions as the source: logits of a k-NN vote stored on the view
-        pixels = np.stack(view.values("pixels"))
-        names = digits.default_classes
-        labels = np.array(
-            [names.index(x) for x in view.values("ground_truth.label")]
-        )
-        vote = probes.knn_vote_probs(pixels, labels, 10).pred_probs
-        logits = np.log(0.01 + vote)
-        view.set_values(
-            "preds",
-            [
-                fo.Classification(label=names[int(row.argmax())], logits=row)
-                for row in logits
-            ],
-        )
-        result = foo.get_operator(uri)(
-            view, source="predictions", pred_field="preds", run_key="op_cl2"
-        )
-        assert result.error is None, result.error
-        assert digits.load_run_results("op_cl2").probs_source == (
-            "pred_field:preds"
-        )
-    finally:
-        fo.config.plugins_dir = old
+    # predictions as the source: logits of a k-NN vote stored on the view
+    pixels = np.stack(view.values("pixels"))
+    names = digits.default_classes
+    labels = np.array(
+        [names.index(x) for x in view.values("ground_truth.label")]
+    )
+    vote = probes.knn_vote_probs(pixels, labels, 10).pred_probs
+    logits = np.log(0.01 + vote)
+    view.set_values(
+        "preds",
+        [
+            fo.Classification(label=names[int(row.argmax())], logits=row)
+            for row in logits
+        ],
+    )
+    result = foo.get_operator(uri)(
+        view, source="predictions", pred_field="preds", run_key="op_cl2"
+    )
+    assert result.error is None, result.error
+    assert digits.load_run_results("op_cl2").probs_source == (
+        "pred_field:preds"
+    )

@@ -549,44 +549,32 @@ def test_small_cnn_on_images_end_to_end(digits):
     assert len(digits.exists("cnn_vog_score")) == 300
 
 
-def test_operators(tmp_path, digits):
-    import os
-
-    import fiftyone as fo
+def test_operators(plugins_dir, digits):
     import fiftyone.operators as foo
 
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    os.symlink(repo, plugins / "fiftyone-hardness")
-    old = fo.config.plugins_dir
-    fo.config.plugins_dir = str(plugins)
-    try:
-        uri = "@fiftyone-hardness/hardness/compute_dynamics"
-        view = digits.take(200, seed=1)
-        result = foo.get_operator(uri)(
-            view,
-            embeddings_field="pixels",
-            epochs=3,
-            methods=["aum", "loss", "data_iq"],
-            run_key="op_dyn",
-        )
-        assert result.error is None, result.error
-        assert len(digits.exists("op_dyn_aum_score")) == 200
-        assert not digits.has_field("op_dyn_vog_score")
+    uri = "@fiftyone-hardness/hardness/compute_dynamics"
+    view = digits.take(200, seed=1)
+    result = foo.get_operator(uri)(
+        view,
+        embeddings_field="pixels",
+        epochs=3,
+        methods=["aum", "loss", "data_iq"],
+        run_key="op_dyn",
+    )
+    assert result.error is None, result.error
+    assert len(digits.exists("op_dyn_aum_score")) == 200
+    assert not digits.has_field("op_dyn_vog_score")
 
-        result = foo.get_operator(
-            "@fiftyone-hardness/hardness/compute_consensus"
-        )(view, runs=["op_dyn"], run_key="op_cons")
-        assert result.error is None, result.error
-        assert len(digits.exists("op_cons_score")) == 200
-        assert digits.load_run_results("op_cons").members == [
-            "op_dyn.aum",
-            "op_dyn.data_iq",
-            "op_dyn.loss",
-        ]
-    finally:
-        fo.config.plugins_dir = old
+    result = foo.get_operator(
+        "@fiftyone-hardness/hardness/compute_consensus"
+    )(view, runs=["op_dyn"], run_key="op_cons")
+    assert result.error is None, result.error
+    assert len(digits.exists("op_cons_score")) == 200
+    assert digits.load_run_results("op_cons").members == [
+        "op_dyn.aum",
+        "op_dyn.data_iq",
+        "op_dyn.loss",
+    ]
 
     # the forms build for both inputs and list the runs as members
     from types import SimpleNamespace
