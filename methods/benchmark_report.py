@@ -285,9 +285,9 @@ def markdown_report(summary, config, plots=None):
         "",
     ]
     same = [
-        pair
-        for pair in SAME_INJECTION
-        if all(t in summary["types"] for t in pair[:2])
+        (a, b, why)
+        for a, b, why in SAME_INJECTION
+        if a in summary["types"] and b in summary["types"]
     ]
     if same:
         lines += [
