@@ -781,6 +781,7 @@ def compute_rer(
     fit_frac=1.0,
     fit_samples_per_class=None,
     min_steps=None,
+    pca_components="auto",
     calibration="fitted",
     difficulty_range=None,
     estimate_probs=False,
@@ -821,6 +822,13 @@ def compute_rer(
         fit_samples_per_class (None): at most this many samples per class
             are used to fit
         min_steps (None): at least this many optimizer steps
+        pca_components ("auto"): project the features on their principal
+            components before training: an int keeps that many, a float in
+            ``(0, 1]`` the fewest explaining that fraction of the variance,
+            None keeps the features as they are, and ``"auto"`` keeps the
+            components explaining 90% of the variance when the features
+            have more dimensions than the median class has samples to fit
+            (else the features as they are); see :data:`AUTO_PCA_VARIANCE`
         calibration ("fitted"): the noise-rate / threshold constants, a key
             of :data:`CALIBRATIONS` (``"fitted"`` or ``"reference"``) or a
             dict overriding some of them
@@ -897,6 +905,7 @@ def _compute_rer(
     fit_frac,
     fit_samples_per_class,
     min_steps,
+    pca_components,
     calibration,
     difficulty_range,
     estimate_probs,
@@ -924,10 +933,20 @@ def _compute_rer(
         epochs = DEFAULT_EPOCHS[objective]
     hidden_dims = tuple(int(h) for h in np.atleast_1d(hidden_dims))
 
-    # 1. min-max scaling fitted on the rows used for fitting, clipped
     rng = np.random.default_rng(seed)
     fit_rows = _fit_rows(labels, present, fit_frac, fit_samples_per_class,
                          rng)
+
+    # 1. optional projection on principal components (label-free), then
+    # min-max scaling fitted on the rows used for fitting, clipped
+    input_dim = dim
+    keep = _pca_size(pca_components, dim,
+                     np.median([len(r) for r in fit_rows]))
+    explained = None
+    if keep is not None:
+        progress(0.0, "principal components")
+        X, explained = principal_components(X, keep)
+        dim = X.shape[1]
     lo = X[np.concatenate(fit_rows)].min(axis=0)
     span = X[np.concatenate(fit_rows)].max(axis=0) - lo
     span[span <= 0] = 1.0
@@ -1014,7 +1033,9 @@ def _compute_rer(
         dropout=float(dropout), n_neighbors=int(n_neighbors),
         negative_sample_rate=int(negative_sample_rate),
         reconstruction_weight=float(reconstruction_weight),
-        ab=list(ab) if ab else None, fit_frac=float(fit_frac),
+        ab=list(ab) if ab else None, pca_components=pca_components,
+        input_dims=int(input_dim), feature_dims=int(dim),
+        explained_variance=explained, fit_frac=float(fit_frac),
         fit_samples_per_class=fit_samples_per_class,
         class_chunk_size=int(class_chunk_size), seed=int(seed),
         device=str(device), num_threads=torch.get_num_threads()
@@ -1097,6 +1118,105 @@ def _difficulty_range(stats, ratios, rand_ratios):
     lo = float(np.mean(stats.min1 / np.maximum(stats.min2, 1e-12)))
     hi = float(np.mean(rand_ratios))
     return lo, max(hi, lo + 1e-6)
+
+
+#: the variance fraction ``pca_components="auto"`` keeps, chosen on the
+#: calibration settings (see the end of this module): when the features have
+#: more dimensions than a class has samples (the offline backbone's 1280-d
+#: embeddings of 180 digits per class, 625-pixel faces at 100 per class),
+#: each class autoencoder is fit to a handful of samples spread over many
+#: near-empty directions, and their noise swamps the reconstruction errors.
+#: Mean AUROC over the 42 calibration settings: 0.961 without projection,
+#: 0.973 / 0.974 / 0.966 keeping 80% / 90% / 95% of the variance in the
+#: regime above; 0.941-0.946 when projecting every feature set (low-
+#: dimensional tabular features such as iris lose real information)
+AUTO_PCA_VARIANCE = 0.9
+
+
+def _pca_size(pca_components, dim, class_size):
+    """The ``keep`` argument of :func:`principal_components` for a
+    ``pca_components`` option, or None for no projection."""
+    if pca_components is None or pca_components is False:
+        return None
+    if isinstance(pca_components, str):
+        if pca_components != "auto":
+            raise HardnessError(
+                "pca_components must be 'auto', None, a number of components "
+                "or a variance fraction in (0, 1]; got '%s'" % pca_components
+            )
+        return AUTO_PCA_VARIANCE if dim > class_size else None
+    if isinstance(pca_components, (bool, np.bool_)) or not isinstance(
+        pca_components, (int, float, np.integer, np.floating)
+    ):
+        raise HardnessError(
+            "pca_components must be 'auto', None, a number of components or "
+            "a variance fraction in (0, 1]; got %r" % (pca_components,)
+        )
+    if isinstance(pca_components, (int, np.integer)):
+        if pca_components < 1:
+            raise HardnessError(
+                "pca_components must keep at least 1 component; got %d"
+                % pca_components
+            )
+        return int(min(pca_components, dim))
+    if not 0 < pca_components <= 1:
+        raise HardnessError(
+            "A variance fraction for pca_components must be in (0, 1]; got %g"
+            % pca_components
+        )
+    return float(pca_components)
+
+
+def principal_components(X, keep, chunk_size=65536):
+    """Projects ``X`` on its leading principal components.
+
+    Args:
+        X: (N, D) features
+        keep: an int (that many components) or a float in ``(0, 1]`` (the
+            fewest components explaining that fraction of the variance)
+        chunk_size (65536): rows per block of the covariance and projection
+
+    Returns:
+        a tuple ``(Z, explained)``: the (N, k) float32 projections of the
+        centered features, and the fraction of the variance they explain
+    """
+    X = np.asarray(X)
+    n, d = X.shape
+    mean = X.mean(axis=0, dtype=np.float64)
+    if d <= n:
+        # eigenvectors of the D x D covariance, accumulated in blocks
+        cov = np.zeros((d, d))
+        for s in range(0, n, chunk_size):
+            block = (X[s:s + chunk_size] - mean).astype(np.float32)
+            cov += block.T.astype(np.float64) @ block
+        values, vectors = np.linalg.eigh(cov)
+    else:
+        # more dimensions than samples: through the N x N Gram matrix
+        centered = X - mean
+        values, u = np.linalg.eigh(centered @ centered.T)
+        values = np.maximum(values, 0.0)
+        vectors = centered.T @ u / np.sqrt(np.maximum(values, 1e-300))
+    order = np.argsort(values)[::-1]
+    values = np.maximum(values[order], 0.0)
+    vectors = vectors[:, order]
+    total = values.sum()
+    if isinstance(keep, float):
+        if total <= 0:
+            k = 1
+        else:
+            cumulative = np.cumsum(values) / total
+            k = int(np.searchsorted(cumulative, keep - 1e-12) + 1)
+    else:
+        k = int(keep)
+    k = max(1, min(k, d, int(np.count_nonzero(values > 0)) or 1))
+    basis = vectors[:, :k].astype(np.float32)
+    mean32 = mean.astype(np.float32)
+    Z = np.concatenate([
+        (X[s:s + chunk_size].astype(np.float32) - mean32) @ basis
+        for s in range(0, n, chunk_size)
+    ]) if n else np.zeros((0, k), np.float32)
+    explained = float(values[:k].sum() / total) if total > 0 else 1.0
+    return Z, explained
 
 
 def _model_floats(dim, hidden_dims, n_components):

@@ -24,6 +24,14 @@ OBJECTIVES = [
     ("umap", "Parametric UMAP + reconstruction (default)"),
     ("reconstruction", "Reconstruction only"),
 ]
+#: the form's choices for ``pca_components`` (the value "none" is None)
+PCA_CHOICES = [
+    ("auto", "Automatic: 90% of the variance when dims > samples per class"),
+    ("none", "Off: the features as they are"),
+    ("0.9", "Principal components explaining 90% of the variance"),
+    ("0.95", "Principal components explaining 95% of the variance"),
+    ("0.99", "Principal components explaining 99% of the variance"),
+]
 CALIBRATIONS = [
     ("fitted", "Fitted to our autoencoders (default)"),
     ("reference", "Reference constants (RER paper)"),
@@ -67,6 +75,18 @@ class ComputeRER(HardnessOperator):
         inputs.int(
             "fit_samples_per_class",
             label="At most this many samples per class to fit (optional)",
+        )
+        dropdown_input(
+            inputs,
+            "pca_components",
+            PCA_CHOICES,
+            "auto",
+            "Reduce dimensions first",
+            description=(
+                "Project the features on their principal components before "
+                "training (label-free); helps when the features have more "
+                "dimensions than a class has samples"
+            ),
         )
         inputs.bool(
             "estimate_probs",
@@ -120,6 +140,11 @@ class ComputeRER(HardnessOperator):
             value = ctx.params.get(name)
             if value is not None:
                 params[name] = cast(value)
+        pca = ctx.params.get("pca_components")
+        if pca == "none":
+            params["pca_components"] = None
+        elif pca is not None:
+            params["pca_components"] = pca if pca == "auto" else float(pca)
         difficulty = ctx.params.get("difficulty_range")
         if difficulty and difficulty != "data":
             params["difficulty_range"] = difficulty

@@ -4,7 +4,6 @@ METHODS.md, quality on scikit-learn digits with known label noise, the
 chunked statistics, determinism, bad input, and the end-to-end path through
 ``dataset.apply_hardness("rer", ...)`` and the App operator.
 """
-import os
 
 import numpy as np
 import pytest
@@ -12,8 +11,6 @@ import pytest
 from fiftyone_hardness.methods import rer
 from fiftyone_hardness.methods.base import HardnessError, LabeledData
 from fiftyone_hardness.methods.label_noise import inject_label_noise
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _auroc(truth, scores):
@@ -213,6 +210,56 @@ def test_fuzzy_knn_graph_symmetric():
     assert np.all(np.isfinite(w))
 
 
+@pytest.mark.parametrize("n, d", [(300, 40), (30, 80)])
+def test_principal_components_match_sklearn(n, d):
+    """Both paths (D x D covariance; N x N Gram matrix when D > N) give
+    scikit-learn's PCA projections (up to each component's sign) and the
+    variance they explain; a fraction keeps the fewest components that
+    reach it."""
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(0)
+    X = (rng.normal(size=(n, d)) * np.linspace(5, 0.1, d)).astype(np.float32)
+    Z, explained = rer.principal_components(X, 7, chunk_size=64)
+    reference = PCA(7, svd_solver="full").fit(X)
+    assert Z.shape == (n, 7) and Z.dtype == np.float32
+    np.testing.assert_allclose(
+        np.abs(Z), np.abs(reference.transform(X)), atol=1e-3
+    )
+    assert explained == pytest.approx(
+        reference.explained_variance_ratio_.sum(), rel=1e-4
+    )
+    ratios = PCA(svd_solver="full").fit(X).explained_variance_ratio_
+    Z, explained = rer.principal_components(X, 0.8)
+    k = Z.shape[1]
+    assert ratios[:k].sum() >= 0.8 - 1e-6 > ratios[:k - 1].sum()
+    assert explained >= 0.8 - 1e-6
+
+
+def test_pca_components_auto_rule(digits_arrays):
+    """``"auto"`` projects only when the features have more dimensions than
+    the median class has samples to fit; an int or a fraction always
+    projects; None never does."""
+    X, y = digits_arrays  # 64 dims, ~180 samples per class
+    config = rer.compute_rer(X, y, epochs=1).results["model_config"]
+    assert config["pca_components"] == "auto"
+    assert config["feature_dims"] == config["input_dims"] == 64
+    assert config["explained_variance"] is None
+    config = rer.compute_rer(
+        X, y, epochs=1, fit_samples_per_class=50
+    ).results["model_config"]
+    assert config["feature_dims"] < 64  # 64 dims > 50 samples per class
+    assert config["explained_variance"] >= rer.AUTO_PCA_VARIANCE - 1e-6
+    config = rer.compute_rer(
+        X, y, epochs=1, pca_components=12
+    ).results["model_config"]
+    assert config["feature_dims"] == 12
+    config = rer.compute_rer(
+        X, y, epochs=1, pca_components=None, fit_samples_per_class=50
+    ).results["model_config"]
+    assert config["feature_dims"] == 64
+
+
 # ---------------------------------------------------------------------------
 # Quality on digits with known noise
 # ---------------------------------------------------------------------------
@@ -369,6 +416,9 @@ def test_bad_input():
         rer.compute_rer(X, y, objective="vae")
     with pytest.raises(HardnessError, match="shape"):
         rer.compute_rer(X[:, 0], y)
+    for bad in ("pca", 0, -3, 0.0, 1.5, True, [4]):
+        with pytest.raises(HardnessError, match="pca_components"):
+            rer.compute_rer(X, y, pca_components=bad)
 
     # through the adapter: missing vectors, mixed dimensions, NaN, no field
     vectors = list(X)
@@ -469,40 +519,43 @@ def test_apply_hardness_rer_on_digits(digits):
 
 
 def test_backbone_embeddings(digits_embedded):
-    """The offline backbone's embeddings of the digit images (1280-d) are
-    weaker features than the pixels for 8x8 digits (classes overlap): a
-    lower bar, measured 0.90 (seed 0)."""
+    """The offline backbone's embeddings of the digit images (1280-d, about
+    180 samples per class) are weaker features than the pixels for 8x8
+    digits. The default projection on principal components is what makes
+    RER work on them: measured (seed 0) AUROC 0.974, F1 0.83 and a noise
+    estimate of 0.21 (truth 0.20), against 0.90, 0.64 and 0.29 on the
+    unprojected features."""
     view = digits_embedded.select_fields(["ground_truth", "embeddings"])
     truth = np.asarray(digits_embedded.values("mislabeled"), bool)
     from fiftyone_hardness.methods import runs
 
     data = runs.load_labeled_data(view, "ground_truth")
     out = rer.run_rer(data, embeddings_field="embeddings")
-    assert _auroc(truth, out.fields["score"]) >= 0.85
-    assert 0.1 <= out.results["noise_rate"] <= 0.4
+    config = out.results["model_config"]
+    assert config["input_dims"] == 1280 and config["feature_dims"] < 200
+    assert _auroc(truth, out.fields["score"]) >= 0.95
+    assert _f1(truth, out.fields["flag"]) >= 0.75
+    assert abs(out.results["noise_rate"] - truth.mean()) <= 0.05
+    plain = rer.run_rer(data, embeddings_field="embeddings",
+                        pca_components=None)
+    assert (_auroc(truth, out.fields["score"])
+            >= _auroc(truth, plain.fields["score"]) + 0.03)
 
 
-def test_operator(tmp_path, digits):
-    import fiftyone as fo
+def test_operator(plugins_dir, digits):
     import fiftyone.operators as foo
 
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    os.symlink(REPO, plugins / "fiftyone-hardness")
-    old = fo.config.plugins_dir
-    fo.config.plugins_dir = str(plugins)
-    try:
-        uri = "@fiftyone-hardness/hardness/compute_rer"
-        assert uri in [op.uri for op in foo.list_operators()]
-        view = digits.take(600, seed=1)
-        result = foo.get_operator(uri)(
-            view, embeddings_field="pixels", run_key="op_rer", epochs=5,
-            unsupervised=False,
-        )
-        assert result.error is None, result.error
-        assert len(digits.exists("op_rer_score")) == 600
-        loaded = digits.load_run_results("op_rer")
-        assert loaded.model_config["epochs"] == 5
-        assert loaded.num_samples == 600
-    finally:
-        fo.config.plugins_dir = old
+    uri = "@fiftyone-hardness/hardness/compute_rer"
+    assert uri in [op.uri for op in foo.list_operators()]
+    view = digits.take(600, seed=1)
+    result = foo.get_operator(uri)(
+        view, embeddings_field="pixels", run_key="op_rer", epochs=5,
+        unsupervised=False, pca_components="0.9",
+    )
+    assert result.error is None, result.error
+    assert len(digits.exists("op_rer_score")) == 600
+    loaded = digits.load_run_results("op_rer")
+    assert loaded.model_config["epochs"] == 5
+    assert loaded.model_config["pca_components"] == 0.9
+    assert loaded.model_config["feature_dims"] < 64
+    assert loaded.num_samples == 600
