@@ -1,0 +1,199 @@
+"""
+How RER's defaults were chosen: the calibration settings, measured.
+
+Runs :func:`fiftyone_hardness.methods.rer.compute_rer` on 38 settings with
+known injected label noise, none of which the tests check (those are digits
+pixels with 20% symmetric noise at seeds 0 and 1, clean digits pixels, and
+the backbone embeddings with 20% symmetric noise at seed 0):
+
+- scikit-learn digits pixels (1797 x 64), noise seeds 10 and 11: symmetric
+  5/10/30/40%, pair 10/20/30%, asymmetric 20%, adjacent 20% (18 settings)
+- the offline efficientnet_lite0 embeddings of the digit images (64 px,
+  1797 x 1280), seed 10: symmetric 0/10/30%, pair 20% (4)
+- wine, breast cancer, iris and scikit-image's LFW face / non-face subset
+  (raw features), seed 10: symmetric 0/10/20/30% (16)
+
+For each value of ``--pca`` it prints the mean AUROC and flag F1 over the
+noisy settings and the mean absolute error of the noise-rate estimate over
+all of them, per feature set too. With ``--refit`` it also fits the
+noise-rate line (least squares of the true rate on the reference estimate)
+and grid-searches the threshold constants for the best mean F1, to compare
+with :data:`fiftyone_hardness.methods.rer.CALIBRATIONS` ``["fitted"]``.
+
+Run::
+
+    .venv/bin/python benchmarks/rer_calibration.py [--pca auto none 0.9]
+        [--refit]
+"""
+import argparse
+import itertools
+import os
+import time
+
+import numpy as np
+
+
+def feature_sets():
+    """``name -> (X, clean labels)`` of the calibration data."""
+    import skimage
+    from sklearn import datasets
+
+    from fiftyone_hardness.demo import cache_dir, write_digit_images
+
+    filepaths, pixels, digits = write_digit_images()
+    cached = os.path.join(cache_dir(), "digits-64-efficientnet_lite0.npy")
+    if not os.path.exists(cached):
+        from fiftyone_hardness.methods.embeddings import (
+            embed_files,
+            load_embedder,
+        )
+
+        embedder = load_embedder("efficientnet_lite0", image_size=64)
+        np.save(cached, np.concatenate(
+            [batch for _, batch, _ in embed_files(filepaths, embedder)]
+        ))
+    sets = {"pixels": (pixels, digits), "embeddings": (np.load(cached),
+                                                       digits)}
+    for name in ("wine", "breast_cancer", "iris"):
+        data = getattr(datasets, "load_" + name)()
+        sets[name] = (data.data.astype(np.float32), data.target)
+    faces = np.load(os.path.join(os.path.dirname(skimage.__file__), "data",
+                                 "lfw_subset.npy"))
+    sets["lfw"] = (faces.reshape(len(faces), -1).astype(np.float32),
+                   np.repeat([0, 1], len(faces) // 2))
+    return sets
+
+
+def settings():
+    """``(feature set, noise kind, rate, seed)`` of every setting."""
+    out = []
+    for seed in (10, 11):
+        for kind, rate in [("symmetric", 0.05), ("symmetric", 0.1),
+                           ("symmetric", 0.3), ("symmetric", 0.4),
+                           ("pair", 0.1), ("pair", 0.2), ("pair", 0.3),
+                           ("asymmetric", 0.2), ("adjacent", 0.2)]:
+            out.append(("pixels", kind, rate, seed))
+    for kind, rate in [("symmetric", 0.0), ("symmetric", 0.1),
+                       ("symmetric", 0.3), ("pair", 0.2)]:
+        out.append(("embeddings", kind, rate, 10))
+    for name in ("wine", "breast_cancer", "iris", "lfw"):
+        for rate in (0.0, 0.1, 0.2, 0.3):
+            out.append((name, "symmetric", rate, 10))
+    return out
+
+
+def run_settings(sets, **options):
+    """Runs RER on every setting; returns one dict per setting."""
+    from fiftyone_hardness.methods.label_noise import inject_label_noise
+    from fiftyone_hardness.methods.rer import compute_rer
+
+    rows = []
+    for name, kind, rate, seed in settings():
+        X, clean = sets[name]
+        labels, truth = inject_label_noise(
+            clean, int(clean.max()) + 1, rate, kind=kind, seed=seed
+        )
+        result = compute_rer(X, labels, seed=seed, **options)
+        rows.append(dict(name=name, labels=labels, truth=truth,
+                         result=result))
+    return rows
+
+
+def quality(rows, calibration="fitted"):
+    """``(mean AUROC, mean F1, noise-rate MAE, per-set mean AUROC)``."""
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    from fiftyone_hardness.methods.rer import rer_from_statistics
+
+    aurocs, f1s, errors, per_set = [], [], [], {}
+    for row in rows:
+        out = rer_from_statistics(row["result"].stats, row["labels"],
+                                  calibration=calibration)
+        errors.append(abs(out.results["noise_rate"] - row["truth"].mean()))
+        if row["truth"].any():
+            auroc = roc_auc_score(row["truth"], out.scores)
+            aurocs.append(auroc)
+            f1s.append(f1_score(row["truth"], out.flags))
+            per_set.setdefault(row["name"], []).append(auroc)
+    return (float(np.mean(aurocs)), float(np.mean(f1s)),
+            float(np.mean(errors)),
+            {k: float(np.mean(v)) for k, v in per_set.items()})
+
+
+def refit(rows):
+    """Fits the noise-rate line and grid-searches the threshold constants;
+    prints both next to the current ``"fitted"`` constants."""
+    from fiftyone_hardness.methods.rer import CALIBRATIONS
+
+    raw = np.array([
+        (r["result"].results["chi0"] - r["result"].results["chi_rand"])
+        / (1.0 - r["result"].results["chi_rand"]) for r in rows
+    ])
+    true = np.array([r["truth"].mean() for r in rows])
+    (scale, offset), *_ = np.linalg.lstsq(
+        np.c_[raw, np.ones_like(raw)], true, rcond=None
+    )
+    current = CALIBRATIONS["fitted"]
+    for label, s, o in (("refit", scale, offset),
+                        ("fitted", current["eta_scale"],
+                         current["eta_offset"]),
+                        ("reference", 1.0, 0.0)):
+        mae = np.mean(np.abs(np.clip(s * raw + o, 0, 1) - true))
+        print("  noise line %-9s eta = %.4f * raw %+.4f: MAE %.4f"
+              % (label, s, o, mae))
+    best = (-1.0, None)
+    for t_scale, gamma_exp, gamma_high in itertools.product(
+        (0.95, 1.0, 1.01, 1.03, 1.05, 1.1),
+        (0.4, 0.6, 0.8, 1.0, 1.2, 1.5),
+        (5.0, 8.0, 10.0, 12.5, 15.0, 20.0),
+    ):
+        constants = dict(current, eta_scale=scale, eta_offset=offset,
+                         t_scale=t_scale, gamma_exp=gamma_exp,
+                         gamma_high=gamma_high)
+        f1 = quality(rows, constants)[1]
+        if f1 > best[0]:
+            best = (f1, constants)
+    print("  threshold grid: best mean F1 %.4f with t_scale %.2f, gamma_exp "
+          "%.2f, gamma_high %.1f; the fitted constants: %.4f"
+          % (best[0], best[1]["t_scale"], best[1]["gamma_exp"],
+             best[1]["gamma_high"], quality(rows)[1]))
+
+
+def _pca_value(text):
+    if text == "none":
+        return None
+    if text == "auto":
+        return "auto"
+    return int(text) if text.isdigit() else float(text)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pca", nargs="+", default=["auto", "none"],
+                        help="pca_components values to compare: auto, none, "
+                        "an int or a variance fraction")
+    parser.add_argument("--refit", action="store_true",
+                        help="refit the calibration constants on the first "
+                        "--pca value")
+    args = parser.parse_args(argv)
+    sets = feature_sets()
+    print("%d settings; feature sets: %s" % (len(settings()), ", ".join(
+        "%s %dx%d" % (k, *v[0].shape) for k, v in sets.items())))
+    for i, text in enumerate(args.pca):
+        start = time.perf_counter()
+        rows = run_settings(sets, pca_components=_pca_value(text))
+        auroc, f1, mae, per_set = quality(rows)
+        dims = {r["name"]: r["result"].results["model_config"][
+            "feature_dims"] for r in rows}
+        print("pca_components=%-5s mean AUROC %.4f  F1 %.4f  noise MAE %.4f"
+              "  (%.0f s)" % (text, auroc, f1, mae,
+                              time.perf_counter() - start))
+        print("  AUROC per set: " + ", ".join(
+            "%s %.3f (%d dims)" % (k, v, dims[k]) for k, v in
+            per_set.items()))
+        if args.refit and i == 0:
+            refit(rows)
+
+
+if __name__ == "__main__":
+    main()
