@@ -115,6 +115,7 @@ def _run_ours(X, labels, mask, **kwargs):
     out["seconds"] = seconds
     out["chi_avg"] = result.results["chi_avg"]
     out["finite_losses"] = bool(np.all(np.isfinite(result.losses)))
+    out["feature_dims"] = result.results["model_config"]["feature_dims"]
     return out
 
 
@@ -269,18 +270,20 @@ def bench_memory(n):
         rows[k] = r
         print(
             "  %4d classes: %7.1f s  peak %6.0f MB, of which features %.0f "
-            "MB, working memory %.0f MB"
+            "MB, working memory %.0f MB (features projected on %d principal "
+            "components)"
             % (k, r["seconds"], r["peak_mb"], r["data_mb"],
-               r["peak_mb"] - r["base_mb"])
+               r["peak_mb"] - r["base_mb"], r["feature_dims"])
         )
     from fiftyone_hardness.methods import rer
 
-    per_model = rer._model_floats(768, (256,), 10) * 4 / 2**20
+    kept = rows[1000]["feature_dims"]
+    per_model = rer._model_floats(kept, (256,), 10) * 4 / 2**20
     work = rows[1000]["peak_mb"] - rows[1000]["base_mb"]
-    data = rows[1000]["data_mb"]
-    # what scales with N: the features, their scaled copy, the chunk's
-    # (100 x N) errors and the per-sample statistics (7 x float64)
-    per_sample = (2 * 768 * 4 + 100 * 4 * 2 + 7 * 8) / 2**20
+    # what scales with N: the features, their projection and its scaled
+    # copy, the chunk's (100 x N) errors and the per-sample statistics
+    # (7 x float64)
+    per_sample = ((768 + 2 * kept) * 4 + 100 * 4 * 2 + 7 * 8) / 2**20
     bound = rows[1000]["base_mb"] + work + per_sample * (100000 - n)
     print(
         "  one class chunk of 100 models: %.0f MB of weights (x4 with "
