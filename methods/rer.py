@@ -1184,6 +1184,7 @@ def principal_components(X, keep, chunk_size=65536):
     X = np.asarray(X)
     n, d = X.shape
     mean = X.mean(axis=0, dtype=np.float64)
+    centered = None
     if d <= n:
         # eigenvectors of the D x D covariance, accumulated in blocks
         cov = np.zeros((d, d))
@@ -1192,25 +1193,28 @@ def principal_components(X, keep, chunk_size=65536):
             cov += block.T.astype(np.float64) @ block
         values, vectors = np.linalg.eigh(cov)
     else:
-        # more dimensions than samples: through the N x N Gram matrix
-        centered = X - mean
-        values, u = np.linalg.eigh(centered @ centered.T)
-        values = np.maximum(values, 0.0)
-        vectors = centered.T @ u / np.sqrt(np.maximum(values, 1e-300))
+        # more dimensions than samples: through the N x N Gram matrix, whose
+        # eigenvectors u give the components X^T u / sqrt(value)
+        centered = (X - mean).astype(np.float32)
+        values, vectors = np.linalg.eigh(
+            (centered @ centered.T).astype(np.float64)
+        )
     order = np.argsort(values)[::-1]
     values = np.maximum(values[order], 0.0)
-    vectors = vectors[:, order]
     total = values.sum()
-    if isinstance(keep, float):
-        if total <= 0:
-            k = 1
-        else:
-            cumulative = np.cumsum(values) / total
-            k = int(np.searchsorted(cumulative, keep - 1e-12) + 1)
+    if isinstance(keep, float) and total > 0:
+        cumulative = np.cumsum(values) / total
+        k = int(np.searchsorted(cumulative, keep - 1e-12) + 1)
     else:
-        k = int(keep)
+        k = 1 if isinstance(keep, float) else int(keep)
     k = max(1, min(k, d, int(np.count_nonzero(values > 0)) or 1))
-    basis = vectors[:, :k].astype(np.float32)
+    top = order[:k]
+    if centered is None:
+        basis = vectors[:, top].astype(np.float32)
+    else:
+        basis = (centered.T @ vectors[:, top].astype(np.float32)) / np.sqrt(
+            np.maximum(values[:k], 1e-30)
+        ).astype(np.float32)
     mean32 = mean.astype(np.float32)
     Z = np.concatenate([
         (X[s:s + chunk_size].astype(np.float32) - mean32) @ basis
