@@ -22,6 +22,11 @@ Implementation notes:
   ``b`` are fitted from ``(spread, min_dist)`` as umap-learn does and are
   always positive (the reference's negative ``(a, b)`` turn its loss into
   NaN at every step).
+- Features with more dimensions than a class has samples (e.g. 1280-d
+  embeddings of 180 images per class) are first projected, without the
+  labels, on the principal components explaining 90% of their variance
+  (``pca_components="auto"``); measured, not assumed: see
+  :data:`AUTO_PCA_VARIANCE`.
 - Errors are never materialized as a K x N matrix for large K: classes are
   trained and evaluated in chunks, and per-sample running statistics (own
   error, smallest and second-smallest error with its class, sum, and the
@@ -1033,7 +1038,9 @@ def _compute_rer(
         dropout=float(dropout), n_neighbors=int(n_neighbors),
         negative_sample_rate=int(negative_sample_rate),
         reconstruction_weight=float(reconstruction_weight),
-        ab=list(ab) if ab else None, pca_components=pca_components,
+        ab=list(ab) if ab else None, pca_components=(
+            pca_components if pca_components is None
+            or isinstance(pca_components, str) else keep),
         input_dims=int(input_dim), feature_dims=int(dim),
         explained_variance=explained, fit_frac=float(fit_frac),
         fit_samples_per_class=fit_samples_per_class,
