@@ -48,7 +48,6 @@ import tempfile
 import time
 import uuid
 
-
 import fiftyone as fo
 
 from fiftyone_hardness import api

@@ -123,7 +123,10 @@ def quality(rows, calibration="fitted"):
 def refit(rows):
     """Fits the noise-rate line and grid-searches the threshold constants;
     prints both next to the current ``"fitted"`` constants."""
-    from fiftyone_hardness.methods.rer import CALIBRATIONS
+    from fiftyone_hardness.methods.rer import (
+        CALIBRATIONS,
+        noise_rate_estimate,
+    )
 
     raw = np.array([
         (r["result"].results["chi0"] - r["result"].results["chi_rand"])
@@ -138,7 +141,12 @@ def refit(rows):
                         ("fitted", current["eta_scale"],
                          current["eta_offset"]),
                         ("reference", 1.0, 0.0)):
-        mae = np.mean(np.abs(np.clip(s * raw + o, 0, 1) - true))
+        mae = np.mean(np.abs([
+            noise_rate_estimate(r["result"].results["chi0"],
+                                r["result"].results["chi_rand"],
+                                dict(eta_scale=s, eta_offset=o))
+            for r in rows
+        ] - true))
         print("  noise line %-9s eta = %.4f * raw %+.4f: MAE %.4f"
               % (label, s, o, mae))
     best = (-1.0, None)

@@ -42,39 +42,28 @@ def vector_fields(view):
     return sorted(names)
 
 
+def _choices_view(choices, multiple=False):
+    view = types.DropdownView(multiple=multiple)
+    for value, text in choices:
+        view.add_choice(value, label=text)
+    return view
+
+
 def dropdown_input(
     inputs, name, choices, default, label, description=None, required=False
 ):
     """Adds a dropdown of ``choices``, a list of ``(value, text)`` pairs."""
-    view = types.DropdownView()
-    for value, text in choices:
-        view.add_choice(value, label=text)
-    inputs.enum(
-        name,
-        view.values(),
-        default=default,
-        required=required,
-        label=label,
-        description=description,
-        view=view,
-    )
+    view = _choices_view(choices)
+    inputs.enum(name, view.values(), default=default, required=required,
+                label=label, description=description, view=view)
 
 
 def multi_select_input(inputs, name, choices, default, label,
                        description=None):
     """Adds a multi-select list of ``choices`` (``(value, text)`` pairs)."""
-    view = types.DropdownView(multiple=True)
-    for value, text in choices:
-        view.add_choice(value, label=text)
-    inputs.list(
-        name,
-        types.String(),
-        default=default,
-        required=True,
-        label=label,
-        description=description,
-        view=view,
-    )
+    inputs.list(name, types.String(), default=default, required=True,
+                label=label, description=description,
+                view=_choices_view(choices, multiple=True))
 
 
 def label_field_input(ctx, inputs):
