@@ -1,25 +1,41 @@
 """
-The public Python API: :func:`compute_embeddings` and :func:`apply_hardness`
-(also available as ``dataset.apply_hardness(...)`` on every FiftyOne
-``Dataset`` and ``DatasetView`` once ``fiftyone_hardness`` is imported).
+The public Python API.
 
-Operators call these same functions, so the App and Python share one path.
+- :func:`apply_hardness` (also ``dataset.apply_hardness(...)`` on every
+  FiftyOne ``Dataset`` and ``DatasetView`` once ``fiftyone_hardness`` is
+  imported) runs any method by name;
+- :func:`compute_rer`, :func:`compute_cleanlab`, :func:`compute_dynamics`
+  and :func:`compute_consensus` are the same, one per method, with the
+  method's whole signature and docstring (built from its config dataclass,
+  the one source of its parameters);
+- :func:`compute_embeddings` and :func:`find_counterexamples`.
+
+The App's operators call these same functions, so the App and Python share
+one path: config validation (before any data is read), then the FiftyOne
+layer (:mod:`fiftyone_hardness.dataset_io`) reads the labelled data, the
+method (:mod:`fiftyone_hardness.methods`) computes on arrays, and the
+FiftyOne layer writes the fields and registers the run.
 """
+import inspect
 import logging
 
-
 import fiftyone.core.collections as focl
-import fiftyone.core.media as fom
 
+from fiftyone_hardness.dataset_io import counterexamples as fhce
+from fiftyone_hardness.dataset_io import data as fhdata
+from fiftyone_hardness.dataset_io import embeddings as fhemb
+from fiftyone_hardness.dataset_io import runs as fhruns
+from fiftyone_hardness.dataset_io.progress import progress_callback
 from fiftyone_hardness.methods import registry
-from fiftyone_hardness.methods import runs
-from fiftyone_hardness.methods.base import HardnessError
+from fiftyone_hardness.methods.base import HardnessError  # noqa: F401
+from fiftyone_hardness.methods.counterexamples import CounterexamplesConfig
+from fiftyone_hardness.methods.embeddings import EmbeddingsConfig
 
 logger = logging.getLogger(__name__)
 
-#: the key under which ``compute_embeddings`` records provenance in the
-#: embeddings field's ``info``
-EMBEDDINGS_INFO_KEY = "hardness_embeddings"
+#: kept importable here; the FiftyOne layer owns it
+EMBEDDINGS_INFO_KEY = fhemb.EMBEDDINGS_INFO_KEY
+get_embeddings_info = fhemb.get_embeddings_info
 
 
 def list_methods():
@@ -51,46 +67,37 @@ def apply_hardness(
         run_key (None): the run key; defaults to the method name. Fields
             are written as ``{run_key}_{suffix}``
         overwrite (False): whether to replace an existing run with this key
-        progress (None): a callable ``(fraction, message)`` receiving
-            progress, or None for a progress bar
-        **kwargs: method-specific parameters, e.g. ``embeddings_field``
+        progress (None): ``True``/``False`` to show/hide a progress bar,
+            None for FiftyOne's default, or a callable
+            ``(fraction, message)``
+        **kwargs: the method's parameters (see :func:`compute_rer`,
+            :func:`compute_cleanlab`, :func:`compute_dynamics`,
+            :func:`compute_consensus`)
 
     Returns:
-        a :class:`fiftyone_hardness.methods.runs.HardnessRunResults`
+        a :class:`fiftyone_hardness.dataset_io.runs.HardnessRunResults`
 
     Raises:
-        HardnessError: on bad input (unknown method, missing or non-
-            Classification label field, existing run key without
-            ``overwrite``, missing or NaN embeddings, ...). Nothing is
-            written in that case
+        HardnessError: on bad input (unknown method or parameter, invalid
+            value, missing or non-Classification label field, existing run
+            key without ``overwrite``, missing or NaN embeddings, ...).
+            Nothing is written in that case
     """
-    run = registry.get_method(method)
-    run_key = run_key or method
-    runs.validate_run_key(samples, run_key, overwrite=overwrite)
-
-    with _progress_reporter(progress, "%s" % method) as report:
-        data = runs.load_labeled_data(samples, label_field, progress=report)
-        output = run(data, **kwargs)
+    config = registry.make_config(method, kwargs)
+    run_key = method if run_key is None else run_key
+    fhruns.validate_run_key(samples, run_key, overwrite=overwrite)
+    with progress_callback(progress, method) as report:
+        data = fhdata.load_labeled_data(samples, label_field, progress=report)
+        output = registry.run_method(method, data, config)
         report(1.0, "writing fields")
-        results = runs.save_run(
-            samples, run_key, method, kwargs, data, output, overwrite=overwrite
+        params = config.to_dict() if hasattr(config, "to_dict") else config
+        return fhruns.save_run(
+            samples, run_key, method, params, data, output,
+            overwrite=overwrite,
         )
-    return results
 
 
-def compute_embeddings(
-    samples,
-    model="efficientnet_lite0",
-    pretrained=None,
-    embeddings_field="embeddings",
-    device=None,
-    batch_size=64,
-    num_workers=0,
-    skip_existing=False,
-    image_size=None,
-    progress=None,
-    write_every=1024,
-):
+def compute_embeddings(samples, progress=None, **kwargs):
     """Computes image embeddings for the samples of a collection.
 
     Only the samples of ``samples`` are touched; with ``skip_existing`` the
@@ -98,147 +105,135 @@ def compute_embeddings(
     fill one field over disjoint views. What produced the field (model,
     weights, dim) is recorded in the field's ``info["hardness_embeddings"]``.
 
-    Args:
-        samples: a :class:`fiftyone.core.collections.SampleCollection` of
-            images
-        model ("efficientnet_lite0"): an open_clip architecture name such as
-            ``"ViT-B-32"`` or ``"efficientnet_lite0"`` (offline backbone)
-        pretrained (None): open_clip pretrained tag or local checkpoint path
-        embeddings_field ("embeddings"): the vector field to write
-        device (None): torch device; ``cuda`` when available by default
-        batch_size (64): images per forward pass
-        num_workers (0): image-decoding worker processes
-        skip_existing (False): leave samples that already have an embedding
-        image_size (None): input size for ``efficientnet_lite0``
-        progress (None): a callable ``(fraction, message)`` or None for a bar
-        write_every (1024): samples buffered between database writes
-
     Returns:
         a dict with ``num_embedded``, ``num_skipped`` (already had one),
         ``failed`` (sample id -> error message for unreadable images) and
         ``info`` (the model description)
 
     Raises:
-        HardnessError: for non-image collections, an unknown model, or a
-            field that holds embeddings from another model
+        HardnessError: an invalid parameter, a non-image collection, an
+            unknown model, or a field that holds embeddings from another
+            model
     """
-    from fiftyone_hardness.methods import embeddings as fhe
+    config = EmbeddingsConfig.from_kwargs(method="compute_embeddings", **kwargs)
+    with progress_callback(progress, "embedding") as report:
+        return fhemb.compute_embeddings(samples, config, report)
 
-    if samples.media_type != fom.IMAGE:
-        raise HardnessError(
-            "compute_embeddings needs an image collection; this one has "
-            "media type '%s'" % samples.media_type
-        )
-    embedder = fhe.load_embedder(
-        model=model, pretrained=pretrained, device=device, image_size=image_size
+
+def find_counterexamples(
+    samples, sample_id, label_field="ground_truth", **kwargs
+):
+    """Finds the counter-examples of a suspicious sample (CINCER).
+
+    A softmax last layer is fit on the embeddings to the labels of
+    ``samples``. The candidates are the samples labelled with the class the
+    model predicts for ``sample_id``; each is scored by its incompatibility
+    with ``sample_id``'s label under the last-layer Fisher kernel. Show the
+    sample next to its top counter-examples and decide which label is
+    wrong: if the sample's label is right, the counter-examples are likely
+    mislabeled; otherwise the sample is.
+
+    Returns:
+        a dict with ``sample_id``, ``label``, ``predicted``,
+        ``probability``, ``target_label``, ``counterexample_ids`` (most
+        incompatible first), ``scores``, ``num_candidates`` and ``view``
+        (the sample followed by its counter-examples)
+
+    Raises:
+        HardnessError: an invalid parameter, a sample that is not a
+            labelled sample of ``samples``, missing embeddings, unknown
+            ``target_label``
+    """
+    config = CounterexamplesConfig.from_kwargs(
+        method="find_counterexamples", **kwargs
     )
-    _check_embeddings_provenance(samples, embeddings_field, embedder.info)
-
-    todo = samples
-    if skip_existing and samples.has_field(embeddings_field):
-        todo = samples.exists(embeddings_field, False)
-    ids, filepaths = todo.values(["id", "filepath"])
-    result = {
-        "num_embedded": 0,
-        "num_skipped": len(samples) - len(ids),
-        "failed": {},
-        "info": embedder.info,
-    }
-    buffer = {}
-    with _progress_reporter(progress, "embedding") as report:
-        done = 0
-        for indices, vectors, errors in fhe.embed_files(
-            filepaths, embedder, batch_size=batch_size, num_workers=num_workers
-        ):
-            for i, vector in zip(indices, vectors):
-                buffer[ids[i]] = vector
-            for i, error in errors.items():
-                result["failed"][ids[i]] = error
-            done += len(indices) + len(errors)
-            if len(buffer) >= write_every:
-                _write_vectors(samples, embeddings_field, buffer)
-                result["num_embedded"] += len(buffer)
-                buffer = {}
-            report(done / max(len(ids), 1), "%d/%d images" % (done, len(ids)))
-        if buffer:
-            _write_vectors(samples, embeddings_field, buffer)
-            result["num_embedded"] += len(buffer)
-
-    if result["num_embedded"]:
-        _record_provenance(samples, embeddings_field, embedder.info)
-    for sample_id, error in result["failed"].items():
-        logger.warning("Could not embed sample %s: %s", sample_id, error)
-    return result
+    return fhce.find_counterexamples(samples, sample_id, label_field, config)
 
 
-def _write_vectors(samples, field, vectors):
-    samples.set_values(field, vectors, key_field="id")
+def _method_entry_point(method, summary):
+    """Builds ``compute_<method>(samples, label_field, run_key, overwrite,
+    progress, **params)``, thin over :func:`apply_hardness`, with the
+    signature and docstring of the method's config class."""
+    config_class = registry.get_spec(method).get_config_class()
 
-
-def _check_embeddings_provenance(samples, field, info):
-    if not samples.has_field(field):
-        return
-    existing = samples._dataset.get_field(field).info or {}
-    recorded = existing.get(EMBEDDINGS_INFO_KEY)
-    if recorded and (
-        recorded.get("model") != info["model"]
-        or recorded.get("dim") != info["dim"]
+    def entry_point(
+        samples,
+        label_field="ground_truth",
+        run_key=method,
+        overwrite=False,
+        progress=None,
+        **kwargs
     ):
-        raise HardnessError(
-            "Field '%s' holds %s embeddings (dim %s); choose another "
-            "embeddings_field for %s (dim %s)"
-            % (field, recorded.get("model"), recorded.get("dim"),
-               info["model"], info["dim"])
+        return apply_hardness(
+            samples,
+            method,
+            label_field=label_field,
+            run_key=run_key,
+            overwrite=overwrite,
+            progress=progress,
+            **kwargs
         )
 
+    entry_point.__name__ = entry_point.__qualname__ = "compute_" + method
+    entry_point.__module__ = __name__
+    common = list(inspect.signature(entry_point).parameters.values())[:-1]
+    entry_point.__signature__ = inspect.Signature(
+        common
+        + [
+            inspect.Parameter(
+                p.name, inspect.Parameter.KEYWORD_ONLY, default=p.default
+            )
+            for p in config_class.parameters()
+        ]
+    )
+    entry_point.__doc__ = _entry_point_doc(method, summary, config_class)
+    return entry_point
 
-def _record_provenance(samples, field, info):
-    dataset_field = samples._dataset.get_field(field)
-    dataset_field.info = dict(dataset_field.info or {})
-    dataset_field.info[EMBEDDINGS_INFO_KEY] = runs.to_jsonable(info)
-    dataset_field.save()
+
+def _entry_point_doc(method, summary, config_class):
+    lines = [
+        summary,
+        "",
+        inspect.cleandoc(config_class.__doc__ or ""),
+        "",
+        "Same as ``apply_hardness(samples, %r, ...)``." % method,
+        "",
+        "Args:",
+        "    samples: a :class:`fiftyone.core.collections.SampleCollection`",
+        '    label_field ("ground_truth"): the ``fo.Classification`` field',
+        "    run_key (%r): the run key; fields are ``{run_key}_...``"
+        % method,
+        "    overwrite (False): replace an existing run with this key",
+        "    progress (None): True/False, None (FiftyOne's default) or a",
+        "        callable ``(fraction, message)``",
+    ]
+    for p in config_class.parameters():
+        lines.append("    %s (%r): %s" % (p.name, p.default, p.help))
+        lines.append("        Allowed: %s." % p.allowed())
+    lines += [
+        "",
+        "Returns:",
+        "    a :class:`fiftyone_hardness.dataset_io.runs.HardnessRunResults`",
+        "",
+        "Raises:",
+        "    HardnessError: an unknown parameter or an invalid value (before",
+        "        any data is read), or bad data; nothing is written then",
+    ]
+    return "\n".join(lines)
 
 
-def get_embeddings_info(samples, embeddings_field):
-    """Returns what produced ``embeddings_field`` (model, pretrained, dim),
-    as recorded by :func:`compute_embeddings`, or None."""
-    if not samples.has_field(embeddings_field):
-        return None
-    info = samples._dataset.get_field(embeddings_field).info or {}
-    return info.get(EMBEDDINGS_INFO_KEY)
-
-
-class _progress_reporter(object):
-    """Context manager yielding a ``(fraction, message)`` callback: the
-    given one, or a tqdm bar over 0..100%."""
-
-    def __init__(self, progress, description):
-        self._progress = progress
-        self._description = description
-        self._bar = None
-
-    def __enter__(self):
-        if self._progress is not None:
-            return self._progress
-        from tqdm.auto import tqdm
-
-        self._bar = tqdm(
-            total=100, desc=self._description, unit="%", leave=False
-        )
-
-        def report(fraction, message=""):
-            target = int(round(100 * min(max(fraction, 0.0), 1.0)))
-            if target > self._bar.n:
-                self._bar.update(target - self._bar.n)
-            if message:
-                self._bar.set_postfix_str(message, refresh=False)
-
-        return report
-
-    def __exit__(self, *args):
-        if self._bar is not None:
-            self._bar.close()
-        return False
+compute_rer = _method_entry_point(
+    "rer", "Scores label mistakes with Reconstruction Error Ratios (RER)."
+)
+compute_cleanlab = _method_entry_point(
+    "cleanlab", "Finds label issues with confident learning (cleanlab)."
+)
+compute_dynamics = _method_entry_point(
+    "dynamics", "Scores samples with the 13 training-dynamics methods."
+)
+compute_consensus = _method_entry_point(
+    "consensus", "Combines existing hardness runs into one score."
+)
 
 
 def _apply_hardness_method(self, method, **kwargs):

@@ -1,6 +1,6 @@
 """
 The contract between the computations in ``methods/`` and the one place
-that reads from and writes to FiftyOne (:mod:`fiftyone_hardness.methods.runs`).
+that reads from and writes to FiftyOne (:mod:`fiftyone_hardness.dataset_io.runs`).
 
 A hardness method is a function ``run(data, **kwargs) -> MethodOutput``
 registered with :func:`fiftyone_hardness.methods.registry.register_method`.
@@ -117,72 +117,14 @@ class LabeledData:
                 "embeddings_field=... (compute one with "
                 "fiftyone_hardness.compute_embeddings)"
             )
+        from fiftyone_hardness.methods.validation import vectors_to_array
+
         values = self.values(embeddings_field)
         return vectors_to_array(values, self.ids, embeddings_field)
 
     @property
     def filepaths(self):
         return np.asarray(self.values("filepath"))
-
-
-def vectors_to_array(values, ids, name="embeddings"):
-    """Stacks a list of vectors into an (N, D) float32 array, validating it.
-
-    Args:
-        values: list of array-likes (or None for missing)
-        ids: the sample ids, for error messages
-        name: the field name, for error messages
-
-    Returns:
-        an (N, D) float32 array
-
-    Raises:
-        HardnessError: missing vectors, mixed dimensions, NaN/inf values
-    """
-    missing = [i for i, v in enumerate(values) if v is None]
-    if missing:
-        raise HardnessError(
-            "%d of %d labelled samples have no value in '%s' (e.g. sample "
-            "%s); compute the embeddings for them first or exclude them "
-            "from the view" % (len(missing), len(values), name, ids[missing[0]])
-        )
-    dims = {np.size(v) for v in values}
-    if len(dims) > 1:
-        raise HardnessError(
-            "'%s' holds vectors of different lengths %s; all samples need "
-            "embeddings from the same model" % (name, sorted(dims))
-        )
-    if not values:
-        raise HardnessError("No samples to compute on")
-    array = np.asarray(
-        [np.ravel(np.asarray(v, dtype=np.float32)) for v in values]
-    )
-    bad = ~np.isfinite(array).all(axis=1)
-    if bad.any():
-        raise HardnessError(
-            "%d samples have NaN or inf values in '%s' (e.g. sample %s)"
-            % (int(bad.sum()), name, ids[np.flatnonzero(bad)[0]])
-        )
-    return array
-
-
-def check_classes(labels, num_classes, min_per_class=1, what="this method"):
-    """Raises a clear error when there are fewer than 2 classes or when a
-    class has fewer than ``min_per_class`` samples."""
-    counts = np.bincount(labels, minlength=num_classes)
-    present = np.flatnonzero(counts)
-    if len(present) < 2:
-        raise HardnessError(
-            "%s needs at least 2 classes; the labels have %d"
-            % (what, len(present))
-        )
-    small = np.flatnonzero((counts > 0) & (counts < min_per_class))
-    if len(small):
-        raise HardnessError(
-            "%s needs at least %d samples per class; class index %s has %d"
-            % (what, min_per_class, small[0], counts[small[0]])
-        )
-    return counts
 
 
 def select_device(device=None):

@@ -19,9 +19,11 @@ Stored score: ``1 - label quality`` (higher = more likely mislabeled).
 """
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 
+from fiftyone_hardness.methods.config import MethodConfig, param
 from fiftyone_hardness.methods.base import (
     HardnessError,
     MethodOutput,
@@ -31,25 +33,172 @@ from fiftyone_hardness.methods.base import (
 logger = logging.getLogger(__name__)
 
 #: label quality scores of :func:`cleanlab.rank.get_label_quality_scores`
-SCORE_METHODS = (
-    "self_confidence",
-    "normalized_margin",
-    "confidence_weighted_entropy",
-)
+SCORE_METHOD_CHOICES = [
+    ("self_confidence", "Self-confidence: p(given label)"),
+    ("normalized_margin", "Normalized margin"),
+    ("confidence_weighted_entropy", "Confidence-weighted entropy"),
+]
+SCORE_METHODS = tuple(value for value, _ in SCORE_METHOD_CHOICES)
 
 #: ``filter_by`` rules of :func:`cleanlab.filter.find_label_issues`
-FILTER_BY = (
-    "prune_by_noise_rate",
-    "prune_by_class",
-    "both",
-    "confident_learning",
-    "predicted_neq_given",
-    "low_normalized_margin",
-    "low_self_confidence",
-)
+FILTER_BY_CHOICES = [
+    ("prune_by_noise_rate", "prune_by_noise_rate (cleanlab default)"),
+    ("prune_by_class", "prune_by_class"),
+    ("both", "both"),
+    ("confident_learning", "confident_learning (off-diagonals)"),
+    ("predicted_neq_given", "predicted_neq_given"),
+    ("low_normalized_margin", "low_normalized_margin"),
+    ("low_self_confidence", "low_self_confidence"),
+]
+FILTER_BY = tuple(value for value, _ in FILTER_BY_CHOICES)
 
 #: sources of probabilities computed from an embeddings field
-PROBS_SOURCES = ("logreg", "mlp", "knn")
+PROBS_CHOICES = [
+    ("logreg", "Cross-validated logistic regression"),
+    ("mlp", "Cross-validated MLP"),
+    ("knn", "Leave-one-out k-NN vote (cosine)"),
+]
+PROBS_SOURCES = tuple(value for value, _ in PROBS_CHOICES)
+
+BATCHED_CHOICES = [
+    ("auto", "cleanlab's batched path for very large N x K"),
+    (True, "Always the batched path"),
+    (False, "Never the batched path"),
+]
+
+
+def _check_pred_field(value):
+    if isinstance(value, str) and value:
+        return None
+    if isinstance(value, (list, tuple)) and value and all(
+        isinstance(v, str) and v for v in value
+    ):
+        return None
+    return "expected a field name or a list of field names"
+
+
+def _check_classes(value):
+    if isinstance(value, (list, tuple)) and all(
+        isinstance(v, str) for v in value
+    ):
+        return None
+    if isinstance(value, dict) and all(
+        isinstance(v, (list, tuple)) for v in value.values()
+    ):
+        return None
+    return "expected a list of class names, or a dict field -> list"
+
+
+@dataclass
+class CleanlabConfig(MethodConfig):
+    """Confident learning (cleanlab) on out-of-sample probabilities: from
+    predictions fields, or from a cross-validated probe or a k-NN vote on
+    an embeddings field; see ``docs/methods.md`` section 2."""
+
+    pred_field: object = param(
+        None,
+        "A predictions field (fo.Classification with logits, or per-class "
+        "probabilities), or a list of them for an ensemble",
+        kind="any",
+        check=_check_pred_field,
+        label="Predictions field",
+    )
+    embeddings_field: str = param(
+        None,
+        "An embeddings field for the probe (with pred_field it is only used "
+        "by remove_and_retrain)",
+        kind="str",
+        label="Embeddings field",
+    )
+    probs: str = param(
+        "logreg",
+        "Where the probabilities come from when there is no pred_field",
+        choices=PROBS_CHOICES,
+        label="Probe",
+    )
+    classes: object = param(
+        None,
+        "The class names of the logit columns: a list, or a dict mapping "
+        "each predictions field to its list; default "
+        "dataset.classes[field] or dataset.default_classes",
+        kind="any",
+        check=_check_classes,
+        form=False,
+    )
+    score_method: str = param(
+        "self_confidence",
+        "Stored as {run_key}_score = 1 - label quality",
+        choices=SCORE_METHOD_CHOICES,
+        label="Label quality score",
+    )
+    filter_by: str = param(
+        "prune_by_noise_rate",
+        "The rule of cleanlab.filter.find_label_issues that sets the flags",
+        choices=FILTER_BY_CHOICES,
+        label="Flag rule",
+    )
+    n_folds: int = param(
+        5, "Probe cross-validation folds", minimum=2, label="Folds"
+    )
+    k: int = param(10, "Neighbours of the k-NN vote", minimum=1,
+                   label="Neighbours (k)")
+    seed: int = param(0, "Random seed", minimum=0)
+    device: str = param(
+        None, "torch device; 'cuda' when available", kind="str", form=False
+    )
+    store_probs: bool = param(
+        False,
+        "Also store the probabilities per sample ({run_key}_probs)",
+        label="Store the probabilities",
+    )
+    batched: object = param(
+        "auto",
+        "cleanlab's batched path for very large N",
+        choices=BATCHED_CHOICES,
+        form=False,
+    )
+    remove_and_retrain: bool = param(
+        False,
+        "Compare a probe trained without the flagged samples to one trained "
+        "on all, on a held-out split",
+        label="Remove and retrain",
+    )
+    eval_label_field: str = param(
+        None,
+        "A fo.Classification field of trusted labels to evaluate the "
+        "retrained probes against",
+        kind="str",
+        form=False,
+    )
+    probe_kwargs: dict = param(
+        None,
+        "Extra arguments of "
+        "fiftyone_hardness.methods.probes.cross_val_probs",
+        kind="any",
+        form=False,
+    )
+
+    def check(self):
+        if self.pred_field is None and not self.embeddings_field:
+            return (
+                "embeddings_field",
+                "cleanlab needs out-of-sample probabilities: pass "
+                "pred_field=<a predictions field with logits> or "
+                "embeddings_field=<an embeddings field> (compute one with "
+                "fiftyone_hardness.compute_embeddings)",
+            )
+        if self.remove_and_retrain and not self.embeddings_field:
+            return (
+                "remove_and_retrain",
+                "remove_and_retrain trains probes on embeddings: pass "
+                "embeddings_field=...",
+            )
+        if self.probe_kwargs is not None and not isinstance(
+            self.probe_kwargs, dict
+        ):
+            return ("probe_kwargs", "Invalid probe_kwargs: expected a dict")
+        return None
+
 
 #: ``batched="auto"`` switches to the batched path when ``N * K`` exceeds
 #: this (cleanlab's own "big dataset" size)

@@ -13,15 +13,60 @@ Every score is oriented higher = harder, so ranks average directly.
 """
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import rankdata, spearmanr
 
 from fiftyone_hardness.methods.base import HardnessError, MethodOutput
+from fiftyone_hardness.methods.config import MethodConfig, param
 
 logger = logging.getLogger(__name__)
 
-FLAG_RULES = ("majority", "top")
+FLAG_RULE_CHOICES = [
+    ("majority", "Flagged by most members"),
+    ("top", "Top noise-rate fraction"),
+]
+FLAG_RULES = tuple(value for value, _ in FLAG_RULE_CHOICES)
+
+
+@dataclass
+class ConsensusConfig(MethodConfig):
+    """A consensus of existing hardness runs: members' oriented scores
+    combined into one score, with a flag rule."""
+
+    runs: list = param(
+        None,
+        "Members: run keys (a dynamics run contributes all its methods) or "
+        "'run_key.method'",
+        kind="strings",
+        label="Members",
+    )
+    rule: str = param(
+        "majority",
+        "'majority' (flagged by more than half of the members) or 'top' "
+        "(the top noise_rate fraction)",
+        choices=FLAG_RULE_CHOICES,
+        label="Flag rule",
+    )
+    noise_rate: float = param(
+        None,
+        "For rule='top': the fraction flagged; empty for the members' mean "
+        "flag rate",
+        kind="float",
+        minimum=0,
+        maximum=1,
+        label="Noise rate (optional)",
+    )
+
+    def check(self):
+        if self.noise_rate is not None and self.rule != "top":
+            return (
+                "noise_rate",
+                "Invalid noise_rate=%r: it only applies with rule='top'"
+                % self.noise_rate,
+            )
+        return None
 
 
 def rank_average(scores):
@@ -157,7 +202,7 @@ def resolve_members(data, runs):
     Raises:
         HardnessError: unknown members, missing values
     """
-    from fiftyone_hardness.methods.hardness_scores import METHODS
+    from fiftyone_hardness.methods.dynamics.scores import METHODS
 
     if isinstance(runs, str):
         runs = [runs]

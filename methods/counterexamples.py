@@ -19,20 +19,65 @@ most negative kernel value: ``incompatibility = KERNEL_SIGN * K(i, k)`` with
 correctly labelled suspicious samples are mislabeled far more often than
 random candidates; with ``+1`` less often.
 
-Everything here works on numpy arrays; :func:`fiftyone_hardness.review.
-find_counterexamples` reads them from a collection.
+
+Everything here works on numpy arrays;
+:func:`fiftyone_hardness.dataset_io.counterexamples.find_counterexamples`
+reads them from a collection.
 """
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 
 from fiftyone_hardness.methods.base import HardnessError
+from fiftyone_hardness.methods.config import MethodConfig, param
 
 logger = logging.getLogger(__name__)
 
 #: counter-examples maximize ``KERNEL_SIGN * g_i^T F^+ g_k``
 KERNEL_SIGN = -1.0
+
+
+
+@dataclass
+class CounterexamplesConfig(MethodConfig):
+    """Counter-examples of a suspicious label (CINCER); see
+    ``docs/methods.md`` section 6."""
+
+    embeddings_field: str = param(
+        "embeddings",
+        "The features the last layer is fit on",
+        label="Embeddings field",
+    )
+    k: int = param(5, "The number of counter-examples", minimum=1,
+                   maximum=100, label="Counter-examples")
+    target_label: str = param(
+        None,
+        "The class whose samples are candidates; empty for the model's "
+        "prediction for the sample (its most probable other class when the "
+        "model agrees with the label)",
+        kind="str",
+        label="Candidate class (optional)",
+    )
+    fisher_size: int = param(
+        100, "Samples in the Fisher subset (CINCER: 30-100)", minimum=2,
+        form=False,
+    )
+    seed: int = param(0, "The Fisher subset seed", minimum=0, form=False)
+    C: float = param(
+        1.0, "The last layer's inverse L2 regularization strength",
+        minimum=0, exclusive_minimum=True, form=False,
+    )
+    max_train: int = param(
+        50000,
+        "Fit the last layer on a random subset of at most this many "
+        "samples (None for all)",
+        kind="int",
+        optional=True,
+        minimum=10,
+        form=False,
+    )
 
 
 class SoftmaxProbe(object):

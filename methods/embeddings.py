@@ -8,14 +8,79 @@ reporting unreadable files instead of failing. No FiftyOne code here.
 """
 import logging
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
 from fiftyone_hardness.methods.base import HardnessError, select_device
+from fiftyone_hardness.methods.config import MethodConfig, param
 
 logger = logging.getLogger(__name__)
 
 OFFLINE_BACKBONE = "efficientnet_lite0"
+
+#: models offered in the App (any other open_clip architecture works too)
+SUGGESTED_MODELS = ["efficientnet_lite0", "ViT-B-32", "ViT-B-16", "ViT-L-14"]
+
+
+@dataclass
+class EmbeddingsConfig(MethodConfig):
+    """Parameters of ``compute_embeddings``: which model, where to store
+    its vectors, and how to batch the work."""
+
+    model: str = param(
+        OFFLINE_BACKBONE,
+        "'efficientnet_lite0' (offline ImageNet backbone) or any open_clip "
+        "architecture, e.g. 'ViT-B-32'",
+        label="Model",
+    )
+    pretrained: str = param(
+        None,
+        "open_clip pretrained tag (e.g. laion2b_s34b_b79k, downloads) or a "
+        "local checkpoint path; empty for the model's default weights",
+        kind="str",
+        label="Weights",
+    )
+    embeddings_field: str = param(
+        "embeddings",
+        "The vector field to write on each sample",
+        label="Embeddings field",
+    )
+    device: str = param(
+        None,
+        "torch device; 'cuda' when available, else 'cpu'",
+        kind="str",
+        form=False,
+    )
+    batch_size: int = param(64, "Images per forward pass", minimum=1)
+    num_workers: int = param(
+        0, "Image-decoding worker processes", minimum=0, form=False
+    )
+    skip_existing: bool = param(
+        False,
+        "Leave samples that already have an embedding alone (several "
+        "workers can then fill one field over disjoint views)",
+        label="Skip samples that already have an embedding",
+    )
+    image_size: int = param(
+        None,
+        "Input resolution for efficientnet_lite0 (default 224)",
+        kind="int",
+        minimum=8,
+        form=False,
+    )
+    write_every: int = param(
+        1024, "Samples buffered between database writes", minimum=1,
+        form=False,
+    )
+
+    def check(self):
+        if not self.model.strip():
+            return ("model", "Invalid model='': name a model")
+        if not self.embeddings_field or not self.embeddings_field.strip():
+            return ("embeddings_field", "Invalid embeddings_field='': name "
+                    "the field to write")
+        return None
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 

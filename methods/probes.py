@@ -27,10 +27,10 @@ import numpy as np
 
 from fiftyone_hardness.methods.base import (
     HardnessError,
-    check_classes,
     no_progress,
     select_device,
 )
+from fiftyone_hardness.methods.validation import check_labels
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def cross_val_probs(
             % (model, ", ".join(PROBE_MODELS))
         )
     X, labels, num_classes = _check_inputs(X, labels, num_classes)
-    check_classes(labels, num_classes, what="A cross-validated probe")
+    check_labels(labels, num_classes, what="A cross-validated probe")
     folds = stratified_folds(labels, n_folds=n_folds, seed=seed)
     if standardize_features:
         X = standardize(X)

@@ -4,7 +4,7 @@ of the current view, score them with every method and write a report
 (best delegated: the default grid takes minutes).
 
 Thin: it parses the form and calls
-:func:`fiftyone_hardness.benchmark.run_benchmark`.
+:func:`fiftyone_hardness.benchmarking.run_benchmark`.
 """
 
 import logging
@@ -23,7 +23,7 @@ from fiftyone_hardness.operators.perturb import HARDNESS_CHOICES
 
 logger = logging.getLogger(__name__)
 
-#: the methods offered in the form (see fiftyone_hardness.benchmark)
+#: the methods offered in the form (see fiftyone_hardness.benchmarking)
 METHOD_CHOICES = [
     ("rer", "RER (class-wise autoencoders)"),
     ("cleanlab", "Confident learning, cross-validated probe"),
@@ -64,7 +64,7 @@ class RunHardnessBenchmark(foo.Operator):
         )
 
     def resolve_input(self, ctx):
-        from fiftyone_hardness import benchmark
+        from fiftyone_hardness.benchmarking import grid as benchmark
 
         inputs = types.Object()
         ready = label_field_input(ctx, inputs)
@@ -133,7 +133,7 @@ class RunHardnessBenchmark(foo.Operator):
         )
 
     def execute(self, ctx):
-        from fiftyone_hardness import benchmark
+        from fiftyone_hardness.benchmarking import grid as benchmark
 
         params = _params(ctx.params)
         summary = yield from run_with_progress(
@@ -165,7 +165,7 @@ class RunHardnessBenchmark(foo.Operator):
 
 
 def _params(p):
-    from fiftyone_hardness import benchmark
+    from fiftyone_hardness.benchmarking import grid as benchmark
 
     props = p.get("props", "0.1, 0.2")
     seeds = p.get("seeds", "0, 1")

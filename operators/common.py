@@ -15,9 +15,11 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+from fiftyone_hardness.methods.embeddings import SUGGESTED_MODELS
+from fiftyone_hardness.operators.forms import config_inputs, config_values
+
 logger = logging.getLogger(__name__)
 
-EMBEDDING_MODELS = ["efficientnet_lite0", "ViT-B-32", "ViT-B-16", "ViT-L-14"]
 
 
 def classification_fields(view):
@@ -135,7 +137,7 @@ def embeddings_input(ctx, inputs, required=True):
 def model_input(inputs):
     """Adds the embedding model choice and its weights."""
     choices = types.AutocompleteView()
-    for name in EMBEDDING_MODELS:
+    for name in SUGGESTED_MODELS:
         choices.add_choice(name, label=name)
     inputs.str(
         "model",
@@ -230,10 +232,13 @@ def run_with_progress(ctx, function, **kwargs):
 class HardnessOperator(foo.Operator):
     """Base of the operators that run one hardness method.
 
-    Subclasses set :attr:`method`, :attr:`label` and :attr:`description`,
-    and may override :meth:`method_inputs` (extra form inputs; return False
-    when the form cannot be completed) and :meth:`method_params` (form values
-    -> ``apply_hardness`` keyword arguments).
+    The form is built from the method's config dataclass (the registry's
+    ``config``): one input per parameter, with the same validation as
+    Python. Subclasses set :attr:`method`, :attr:`label` and
+    :attr:`description`, and may override :meth:`source_inputs` (inputs the
+    operator renders itself, e.g. where the features come from; return
+    False when the form cannot be completed), :meth:`hidden` (parameters
+    that do not apply to the current choices) and :meth:`source_params`.
     """
 
     method = None
@@ -253,41 +258,72 @@ class HardnessOperator(foo.Operator):
             allow_delegated_execution=True,
         )
 
-    def method_inputs(self, ctx, inputs):
+    @property
+    def config_class(self):
+        from fiftyone_hardness.methods import registry
+
+        return registry.get_spec(self.method).get_config_class()
+
+    #: parameters :meth:`source_inputs` renders itself
+    source_fields = ("embeddings_field",)
+
+    def source_inputs(self, ctx, inputs):
+        if self.needs_embeddings:
+            return embeddings_input(ctx, inputs)
         return True
 
-    def method_params(self, ctx):
-        return {}
+    def hidden(self, ctx):
+        """Returns the parameters that do not apply to the current form
+        values (they are neither shown nor sent)."""
+        return ()
+
+    def source_params(self, ctx):
+        """Returns the parameters :meth:`source_inputs` collected."""
+        field = ctx.params.get("embeddings_field")
+        return {"embeddings_field": field} if field else {}
 
     def resolve_input(self, ctx):
         inputs = types.Object()
         ready = label_field_input(ctx, inputs)
-        if ready and self.needs_embeddings:
-            ready = embeddings_input(ctx, inputs)
         if ready:
-            ready = self.method_inputs(ctx, inputs) is not False
+            ready = self.source_inputs(ctx, inputs) is not False
         if ready:
+            ready = config_inputs(
+                inputs,
+                ctx.params,
+                self.config_class,
+                skip=self.source_fields,
+                hide=self.hidden(ctx),
+            )
             run_key_input(ctx, inputs, default=self.method)
         return types.Property(inputs, view=types.View(label=self.label))
+
+    def method_params(self, ctx):
+        """Returns the ``apply_hardness`` keyword arguments of the form."""
+        hidden = set(self.hidden(ctx))
+        params = config_values(
+            ctx.params, self.config_class, skip=self.source_fields
+        )
+        params = {k: v for k, v in params.items() if k not in hidden}
+        params.update(self.source_params(ctx))
+        return params
 
     def execute(self, ctx):
         from fiftyone_hardness import api
 
-        params = dict(self.method_params(ctx))
-        if self.needs_embeddings:
-            field = ctx.params.get("embeddings_field")
-            if not field:
-                field = "embeddings"
+        params = self.method_params(ctx)
+        if self.needs_embeddings and not params.get("embeddings_field"):
+            if "embeddings_field" in self.source_fields:
+                params["embeddings_field"] = "embeddings"
                 yield from run_with_progress(
                     ctx,
                     api.compute_embeddings,
                     samples=ctx.target_view(),
                     model=ctx.params.get("model") or "efficientnet_lite0",
                     pretrained=ctx.params.get("pretrained") or None,
-                    embeddings_field=field,
+                    embeddings_field="embeddings",
                     skip_existing=True,
                 )
-            params["embeddings_field"] = field
         yield from self.run_method(ctx, params)
 
     def run_method(self, ctx, params):

@@ -145,7 +145,7 @@ def consensus_members(dataset):
     """Returns ``(value, label)`` choices of consensus members: every
     hardness run with a score, and each method of a dynamics run as
     ``run_key.method``."""
-    from fiftyone_hardness.methods import runs
+    from fiftyone_hardness.dataset_io import runs
 
     choices = []
     for key in runs.list_hardness_runs(dataset):

@@ -4,7 +4,7 @@ with known hardness injected (label noise, image shifts, atypical vectors),
 for benchmarking hardness methods on your own data.
 
 Thin: it parses the form and calls
-:func:`fiftyone_hardness.perturb.inject_hardness`.
+:func:`fiftyone_hardness.benchmarking.injection.inject_hardness`.
 """
 
 import logging
@@ -107,7 +107,7 @@ class InjectHardness(foo.Operator):
         )
 
     def execute(self, ctx):
-        from fiftyone_hardness import perturb
+        from fiftyone_hardness.benchmarking import injection as perturb
 
         params = _params(ctx)
         dataset = yield from run_with_progress(
@@ -241,7 +241,7 @@ def _family_inputs(ctx, inputs, hardness, family):
 
 
 def _name_input(ctx, inputs, hardness):
-    from fiftyone_hardness.perturb import default_name
+    from fiftyone_hardness.benchmarking.injection import default_name
 
     rate = ctx.params.get("rate", 0.1)
     seed = ctx.params.get("seed", 0) or 0

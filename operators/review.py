@@ -3,7 +3,7 @@ Review operators: mark labels as wrong (with the correct class) or right,
 apply the reviewed corrections (into a new field, or in place with a backup)
 and undo them, and show a suspicious sample next to its counter-examples.
 
-The work is done by :mod:`fiftyone_hardness.review`; these operators parse
+The work is done by :mod:`fiftyone_hardness.dataset_io.counterexamples`; these operators parse
 the form and pick the samples (the open sample, else the selected ones).
 """
 
@@ -12,7 +12,7 @@ import logging
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from fiftyone_hardness import review
+from fiftyone_hardness.dataset_io import review
 from fiftyone_hardness.methods.base import HardnessError
 from fiftyone_hardness.operators.common import (
     label_field_input,

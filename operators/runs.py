@@ -3,7 +3,7 @@ Run management operators: list the hardness runs of a dataset, load a run's
 flagged (or all scored) samples hardest first, rename and delete runs.
 
 They follow FiftyOne's run conventions: runs are the dataset's custom runs
-whose config is a :class:`fiftyone_hardness.methods.runs.HardnessRunConfig`;
+whose config is a :class:`fiftyone_hardness.dataset_io.runs.HardnessRunConfig`;
 renaming and deleting go through ``dataset.rename_run`` /
 ``dataset.delete_run``, which rename or remove every field the run wrote.
 """
@@ -13,9 +13,9 @@ import logging
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from fiftyone_hardness.methods import run_views
+from fiftyone_hardness.dataset_io import run_views
 from fiftyone_hardness.methods.base import HardnessError
-from fiftyone_hardness.methods.runs import list_hardness_runs, validate_run_key
+from fiftyone_hardness.dataset_io.runs import list_hardness_runs, validate_run_key
 
 logger = logging.getLogger(__name__)
 

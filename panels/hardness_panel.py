@@ -9,7 +9,7 @@ Clicking a class bar loads that class sorted hardest first; clicking or
 box-selecting histogram bars loads that score range; clicking a table row
 selects the sample; a button saves the flagged samples as a saved view named
 after the run. The panel only reads runs
-(:mod:`fiftyone_hardness.methods.run_views`); it never computes scores.
+(:mod:`fiftyone_hardness.dataset_io.run_views`); it never computes scores.
 """
 
 import logging
@@ -17,8 +17,8 @@ import logging
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from fiftyone_hardness.methods import run_views
-from fiftyone_hardness.methods.runs import list_hardness_runs
+from fiftyone_hardness.dataset_io import run_views
+from fiftyone_hardness.dataset_io.runs import list_hardness_runs
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ import fiftyone.operators as foo
 from fiftyone.operators.executor import ExecutionError
 from fiftyone import ViewField as F
 
-from fiftyone_hardness.methods import registry, run_views
+from fiftyone_hardness.methods import registry
+from fiftyone_hardness.dataset_io import run_views
 from fiftyone_hardness.methods.base import MethodOutput
 from fiftyone_hardness.panels.hardness_panel import HardnessPanel
 

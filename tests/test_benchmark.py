@@ -1,5 +1,5 @@
 """
-The benchmark grid (``python -m fiftyone_hardness.benchmark``): aggregation
+The benchmark grid (``python -m fiftyone_hardness.benchmarking``): aggregation
 and report on hand-made records, a small real grid on digits (quality,
 files, summary run, the source left untouched), bad input, the operator.
 """
@@ -11,8 +11,8 @@ import pytest
 
 import fiftyone as fo
 
-from fiftyone_hardness import benchmark as fhb
-from fiftyone_hardness.methods import benchmark_report as br
+from fiftyone_hardness.benchmarking import grid as fhb
+from fiftyone_hardness.benchmarking import report as br
 from fiftyone_hardness.methods.base import HardnessError
 
 
@@ -143,7 +143,7 @@ def test_small_grid_on_digits(clean_digits, tmp_path):
     assert "cleanlab_knn" in open(os.path.join(out, "report.md")).read()
 
     # the summary run is on the source, not among hardness runs
-    from fiftyone_hardness.methods import runs
+    from fiftyone_hardness.dataset_io import runs
 
     results = clean_digits.load_run_results("bench")
     assert results.ranks == summary["ranks"]

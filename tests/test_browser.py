@@ -24,7 +24,7 @@ import pytest
 import fiftyone as fo
 from fiftyone import ViewField as F
 
-from fiftyone_hardness.methods import run_views
+from fiftyone_hardness.dataset_io import run_views
 
 from app_helpers import REPO, add_demo_run, plugin_dir
 

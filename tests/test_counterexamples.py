@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import threadpoolctl
 
-from fiftyone_hardness import review
+from fiftyone_hardness.dataset_io import review
 from fiftyone_hardness.methods import counterexamples as ce
 from fiftyone_hardness.methods.base import HardnessError
 

@@ -23,8 +23,8 @@ import fiftyone.operators as foo
 from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionRunState
 
-from fiftyone_hardness.methods import run_views
-from fiftyone_hardness.methods.runs import list_hardness_runs
+from fiftyone_hardness.dataset_io import run_views
+from fiftyone_hardness.dataset_io.runs import list_hardness_runs
 from fiftyone_hardness.panels.hardness_panel import HardnessPanel
 
 from app_helpers import PLUGIN, RER_FAST, FakePanelContext, has_rer, plugin_dir

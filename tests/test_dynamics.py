@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from fiftyone_hardness.methods import consensus as fhc
 from fiftyone_hardness.methods import dynamics as fhd
-from fiftyone_hardness.methods import hardness_scores as fhs
+from fiftyone_hardness.methods.dynamics import scores as fhs
 from fiftyone_hardness.methods.base import HardnessError, LabeledData
 from fiftyone_hardness.methods.label_noise import inject_label_noise
 

@@ -44,12 +44,12 @@ registry.register_method("centroid", _centroid_distance, "test method")
 
 def test_package_imports_from_anywhere(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-c", "import fiftyone_hardness.methods.runs as r;"
+        [sys.executable, "-c", "import fiftyone_hardness.dataset_io.runs as r;"
          "import fiftyone_hardness as f; print(r.__name__, "
          "hasattr(f, 'apply_hardness'))"],
         cwd=str(tmp_path), capture_output=True, text=True, check=True,
     )
-    assert out.stdout.split() == ["fiftyone_hardness.methods.runs", "True"]
+    assert out.stdout.split() == ["fiftyone_hardness.dataset_io.runs", "True"]
 
 
 def test_plugin_registers_operators(tmp_path, digits):
@@ -214,7 +214,7 @@ print(sorted(f for f in ds.get_field_schema() if f.startswith("renamed")))
     )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
-    assert lines[0] == "fiftyone_hardness.methods.runs HardnessRunConfig"
+    assert lines[0] == "fiftyone_hardness.dataset_io.runs HardnessRunConfig"
     assert lines[1] == "HardnessRunResults centroid 1797"
     assert lines[2] == "[]"
     digits.reload()

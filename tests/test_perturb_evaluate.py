@@ -15,9 +15,10 @@ import pytest
 
 import fiftyone as fo
 
-from fiftyone_hardness import evaluate as fhe
-from fiftyone_hardness import perturb as fhp
-from fiftyone_hardness.methods import evaluation, label_noise, perturbations
+from fiftyone_hardness.benchmarking import evaluation as fhe
+from fiftyone_hardness.benchmarking import injection as fhp
+from fiftyone_hardness.benchmarking import metrics as evaluation, perturbations
+from fiftyone_hardness.methods import label_noise
 from fiftyone_hardness.methods import registry
 from fiftyone_hardness.methods.base import HardnessError, MethodOutput
 

@@ -527,9 +527,9 @@ def test_backbone_embeddings(digits_embedded):
     unprojected features."""
     view = digits_embedded.select_fields(["ground_truth", "embeddings"])
     truth = np.asarray(digits_embedded.values("mislabeled"), bool)
-    from fiftyone_hardness.methods import runs
+    from fiftyone_hardness.dataset_io import data as fhdata
 
-    data = runs.load_labeled_data(view, "ground_truth")
+    data = fhdata.load_labeled_data(view, "ground_truth")
     out = rer.run_rer(data, embeddings_field="embeddings")
     config = out.results["model_config"]
     assert config["input_dims"] == 1280 and config["feature_dims"] < 200

@@ -10,7 +10,7 @@ import pytest
 import fiftyone as fo
 from fiftyone import ViewField as F
 
-from fiftyone_hardness import review
+from fiftyone_hardness.dataset_io import review
 from fiftyone_hardness.methods.base import HardnessError
 
 

@@ -4,7 +4,7 @@ histograms, flagged-sample tables, agreement matrices and the views that the
 Hardness panel and the run-management operators show.
 
 Nothing here computes a hardness score: it reads the fields and results that
-a run stored (:mod:`fiftyone_hardness.methods.runs`) and aggregates them.
+a run stored (:mod:`fiftyone_hardness.dataset_io.runs`) and aggregates them.
 """
 
 import logging
@@ -15,7 +15,7 @@ import numpy as np
 from fiftyone import ViewField as F
 
 from fiftyone_hardness.methods.base import HardnessError
-from fiftyone_hardness.methods.runs import list_hardness_runs
+from fiftyone_hardness.dataset_io.runs import list_hardness_runs
 
 logger = logging.getLogger(__name__)
 

@@ -1,24 +1,24 @@
 """
 The hardness benchmark: "which method finds which kind of problem on MY
 data?" Injects known hardness into clones of a dataset
-(:mod:`fiftyone_hardness.perturb`), scores every clone with every method,
-evaluates them against the known mask (:mod:`fiftyone_hardness.evaluate`)
+(:mod:`fiftyone_hardness.benchmarking.injection`), scores every clone with every method,
+evaluates them against the known mask (:mod:`fiftyone_hardness.benchmarking.evaluation`)
 and writes ``results.json``, a markdown report and PNG plots, plus a summary
 run on the source dataset.
 
 From a shell::
 
-    python -m fiftyone_hardness.benchmark --dataset NAME \\
+    python -m fiftyone_hardness.benchmarking --dataset NAME \\
         --embeddings-field embeddings --types uniform pair zoom_shift \\
         --props 0.1 0.2 --seeds 0 1 --methods rer cleanlab dynamics \\
         --output-dir docs/benchmark
 
     # the built-in digits demo (clean labels, offline embeddings)
-    python -m fiftyone_hardness.benchmark --demo
+    python -m fiftyone_hardness.benchmarking --demo
 
 From Python::
 
-    import fiftyone_hardness.benchmark as fhb
+    import fiftyone_hardness.benchmarking as fhb
 
     summary = fhb.run_benchmark(dataset, types=["uniform", "zoom_shift"])
     print(dataset.load_run_results("hardness_benchmark").summary())
@@ -51,10 +51,11 @@ import uuid
 import fiftyone as fo
 
 from fiftyone_hardness import api
-from fiftyone_hardness import evaluate as fhe
-from fiftyone_hardness import perturb as fhp
-from fiftyone_hardness.methods import benchmark_report
-from fiftyone_hardness.methods import runs
+from fiftyone_hardness.benchmarking import evaluation as fhe
+from fiftyone_hardness.benchmarking import injection as fhp
+from fiftyone_hardness.benchmarking import report as benchmark_report
+from fiftyone_hardness.dataset_io import data as fhdata
+from fiftyone_hardness.dataset_io import runs
 from fiftyone_hardness.methods.base import HardnessError
 
 logger = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ def check_grid(samples, types, props, seeds, methods, label_field,
             _method_spec(name)
     if len(samples) == 0:
         raise HardnessError("The collection is empty")
-    runs.validate_label_field(samples, label_field)
+    fhdata.validate_label_field(samples, label_field)
     if not samples.has_field(embeddings_field):
         raise HardnessError(
             "Dataset '%s' has no field '%s'; compute it first with "
@@ -155,7 +156,7 @@ def clean_model_probs(samples, label_field, embeddings_field, seed=0):
     once per benchmark instead of once per clone."""
     from fiftyone_hardness.methods import probes
 
-    data = runs.load_labeled_data(samples, label_field)
+    data = fhdata.load_labeled_data(samples, label_field)
     X = data.embeddings(embeddings_field)
     probe = probes.cross_val_probs(X, data.labels, len(data.classes),
                                    seed=seed)
@@ -168,7 +169,7 @@ def run_setting(source_name, hardness, rate, seed, methods, label_field,
 
     Returns:
         ``(records, scores)``: one record per method (see
-        :mod:`fiftyone_hardness.methods.benchmark_report`) and
+        :mod:`fiftyone_hardness.benchmarking.report`) and
         ``{method: {source id: score}}``
     """
     quiet = lambda *args: None  # noqa: E731
@@ -290,7 +291,7 @@ def run_benchmark(
         samples: the source dataset (or a view); never modified except for
             the summary run
         types: hardness types (see
-            :func:`fiftyone_hardness.perturb.list_hardness_types`)
+            :func:`fiftyone_hardness.benchmarking.injection.list_hardness_types`)
         props: injected fractions
         seeds: injection seeds
         methods: method names (see the module docs)
@@ -307,7 +308,7 @@ def run_benchmark(
 
     Returns:
         the summary dict of
-        :func:`fiftyone_hardness.methods.benchmark_report.summarize_grid`
+        :func:`fiftyone_hardness.benchmarking.report.summarize_grid`
         with ``records`` and ``config`` added
     """
     types, props, seeds = list(types), [float(p) for p in props], list(seeds)
@@ -477,7 +478,7 @@ def best_method_lines(summary):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog="python -m fiftyone_hardness.benchmark",
+        prog="python -m fiftyone_hardness.benchmarking",
         description="Inject known hardness into clones of a dataset, score "
         "them with every method and report which method finds what.",
     )
@@ -527,7 +528,7 @@ def main(argv=None):
 
 if __name__ == "__main__":
     # run the package module, so that worker processes and pickled
-    # functions refer to fiftyone_hardness.benchmark, not __main__
-    from fiftyone_hardness import benchmark as _benchmark
+    # functions refer to fiftyone_hardness.benchmarking, not __main__
+    from fiftyone_hardness.benchmarking import grid as _benchmark
 
     _benchmark.main()

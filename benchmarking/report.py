@@ -5,7 +5,7 @@ stability across seeds, a markdown report and PNG plots.
 
 A *record* is one method evaluated on one setting: a dict with
 ``hardness``, ``rate``, ``seed``, ``method`` and the figures of
-:func:`fiftyone_hardness.methods.evaluation.evaluate_scores` (``auroc``,
+:func:`fiftyone_hardness.benchmarking.metrics.evaluate_scores` (``auroc``,
 ``auprc``, ``f1``, ...), plus ``seconds`` (the wall time of the run that
 produced the score).
 """
@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from fiftyone_hardness.methods import evaluation
+from fiftyone_hardness.benchmarking import metrics as evaluation
 
 logger = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ def markdown_report(summary, config, plots=None):
         "# Hardness benchmark: %s" % config.get("dataset", ""),
         "",
         "Known hardness was injected into clones of the dataset "
-        "(`fiftyone_hardness.perturb`) and every method scored each clone; "
+        "(`fiftyone_hardness.benchmarking.injection`) and every method scored each clone; "
         "perturbed samples are the positives and every score is oriented "
         "higher = harder, so 0.5 AUROC is chance and below 0.5 means the "
         "method ranks the injected samples as *easier* than the rest.",

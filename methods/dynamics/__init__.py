@@ -1,6 +1,6 @@
 """
 Training dynamics: one seeded training run with a **recorder**, from which
-every H-CAT hardness method (:mod:`fiftyone_hardness.methods.hardness_scores`)
+every H-CAT hardness method (:mod:`fiftyone_hardness.methods.dynamics.scores`)
 computes its score.
 
 The recorder collects, without changing the model that is trained:
@@ -47,10 +47,10 @@ import torch.nn.functional as F
 from fiftyone_hardness.methods.base import (
     HardnessError,
     MethodOutput,
-    check_classes,
     class_means,
     select_device,
 )
+from fiftyone_hardness.methods.validation import check_labels
 
 logger = logging.getLogger(__name__)
 
@@ -857,7 +857,7 @@ def record_training(
     needs = frozenset(needs) | _ALWAYS
     labels = np.asarray(labels, dtype=np.int64)
     n = len(labels)
-    check_classes(
+    check_labels(
         labels, num_classes, min_per_class=2, what="Training dynamics"
     )
     if n < 4:
@@ -1105,9 +1105,9 @@ def compute_methods(record, methods=None, noise_rate=None):
 
     Returns:
         a dict mapping each name to a
-        :class:`fiftyone_hardness.methods.hardness_scores.MethodScore`
+        :class:`fiftyone_hardness.methods.dynamics.scores.MethodScore`
     """
-    from fiftyone_hardness.methods import hardness_scores as fhs
+    from fiftyone_hardness.methods.dynamics import scores as fhs
 
     return {
         m.name: m.compute(record, noise_rate=noise_rate)
@@ -1151,7 +1151,7 @@ def _record_for(
     use_cache,
     kwargs,
 ):
-    from fiftyone_hardness.methods import hardness_scores as fhs
+    from fiftyone_hardness.methods.dynamics import scores as fhs
 
     unknown = set(kwargs) - _CONFIG_FIELDS
     if unknown:
@@ -1162,7 +1162,7 @@ def _record_for(
     config = TrainingConfig(model="cnn" if on == "images" else "mlp", **kwargs)
     config.validate()
     instances = fhs.get_methods(methods)
-    check_classes(
+    check_labels(
         data.labels,
         data.num_classes,
         min_per_class=2,
@@ -1263,7 +1263,7 @@ def run_dynamics(
     ).mean(0)
     estimate = noise_rate
     if estimate is None:
-        from fiftyone_hardness.methods.hardness_scores import (
+        from fiftyone_hardness.methods.dynamics.scores import (
             estimate_noise_rate,
         )
 
@@ -1315,7 +1315,7 @@ def _run_single(
 
 
 def _single_runner(name):
-    from fiftyone_hardness.methods import hardness_scores as fhs
+    from fiftyone_hardness.methods.dynamics import scores as fhs
 
     method = fhs.METHODS[name]
 

@@ -28,7 +28,7 @@ import fiftyone as fo
 from fiftyone import ViewField as F
 
 from fiftyone_hardness.methods.base import HardnessError
-from fiftyone_hardness.methods.runs import validate_label_field
+from fiftyone_hardness.dataset_io.data import validate_label_field
 
 logger = logging.getLogger(__name__)
 
@@ -415,3 +415,7 @@ def _mark_field(dataset, name, marker):
 
 def _now():
     return datetime.utcnow()
+
+
+# kept importable from here: ``fiftyone_hardness.review`` used to hold both
+from fiftyone_hardness.api import find_counterexamples  # noqa: E402,F401

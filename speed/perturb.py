@@ -33,9 +33,9 @@ import numpy as np  # noqa: E402
 
 
 from fiftyone_hardness import demo  # noqa: E402
-from fiftyone_hardness import perturb as fhp  # noqa: E402
-from fiftyone_hardness.methods import evaluation  # noqa: E402
-from fiftyone_hardness.methods import perturbations  # noqa: E402
+from fiftyone_hardness.benchmarking import injection as fhp  # noqa: E402
+from fiftyone_hardness.benchmarking import metrics as evaluation  # noqa: E402
+from fiftyone_hardness.benchmarking import perturbations  # noqa: E402
 
 
 def bare_images(filepaths, kind, rate, seed, out_dir):

@@ -265,8 +265,9 @@ def _bulk_dataset(name, labels, pred_probs, classes):
 def database_io(n):
     import fiftyone_hardness  # noqa: F401  (adds apply_hardness)
     from fiftyone_hardness.methods import confident_learning as fcl
-    from fiftyone_hardness.methods import runs
-    from fiftyone_hardness.methods.runs import write_fields
+    from fiftyone_hardness.dataset_io import data as fhdata
+    from fiftyone_hardness.dataset_io import runs
+    from fiftyone_hardness.dataset_io.runs import write_fields
 
     classes = ["class_%d" % i for i in range(10)]
     rng = np.random.default_rng(0)
@@ -281,7 +282,7 @@ def database_io(n):
     try:
         # read: the method's path vs iterating the samples
         start = time.perf_counter()
-        data = runs.load_labeled_data(dataset, "ground_truth")
+        data = fhdata.load_labeled_data(dataset, "ground_truth")
         probs, _ = fcl._read_predictions(data, "predictions", None)
         ours_read = time.perf_counter() - start
         start = time.perf_counter()

@@ -6,8 +6,8 @@ seeds (see ``../shared/METHODS.md`` section 5).
 
 ::
 
-    import fiftyone_hardness.perturb as fhp
-    import fiftyone_hardness.evaluate as fhe
+    import fiftyone_hardness.benchmarking.injection as fhp
+    import fiftyone_hardness.benchmarking.evaluation as fhe
 
     noisy = fhp.inject_hardness(dataset, "uniform", rate=0.1, seed=0)
     noisy.apply_hardness("cleanlab", embeddings_field="embeddings")
@@ -15,17 +15,17 @@ seeds (see ``../shared/METHODS.md`` section 5).
     print(figures["cleanlab"]["auroc"])
 
 The array-level computations live in
-:mod:`fiftyone_hardness.methods.evaluation`.
+:mod:`fiftyone_hardness.benchmarking.metrics`.
 """
 
 import logging
 
 import numpy as np
 
-from fiftyone_hardness.methods import evaluation
-from fiftyone_hardness.methods import runs
+from fiftyone_hardness.benchmarking import metrics as evaluation
+from fiftyone_hardness.dataset_io import runs
 from fiftyone_hardness.methods.base import HardnessError
-from fiftyone_hardness.perturb import SOURCE_ID_FIELD, TRUTH_FIELD
+from fiftyone_hardness.benchmarking.injection import SOURCE_ID_FIELD, TRUTH_FIELD
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def load_truth(samples, truth_field=TRUTH_FIELD):
     if not samples.has_field(truth_field):
         raise HardnessError(
             "Dataset '%s' has no truth field '%s'; create a perturbed clone "
-            "with fiftyone_hardness.perturb.inject_hardness, or pass the "
+            "with fiftyone_hardness.benchmarking.injection.inject_hardness, or pass the "
             "bool field that marks the known hard samples"
             % (samples._dataset.name, truth_field)
         )
@@ -70,7 +70,7 @@ def evaluate_field(
 
     Returns:
         a dict of figures, see
-        :func:`fiftyone_hardness.methods.evaluation.evaluate_scores`
+        :func:`fiftyone_hardness.benchmarking.metrics.evaluate_scores`
     """
     truth = load_truth(samples, truth_field)
     if not samples.has_field(score_field):
@@ -105,7 +105,7 @@ def evaluate_run(samples, run_key, truth_field=TRUTH_FIELD, ks=DEFAULT_KS):
     Returns:
         a dict mapping each score's name (the method name for single-method
         runs, ``m`` for ``{run_key}_{m}_score``) to its figures (see
-        :func:`fiftyone_hardness.methods.evaluation.evaluate_scores`) plus
+        :func:`fiftyone_hardness.benchmarking.metrics.evaluate_scores`) plus
         ``run_key``, ``method``, ``score_field`` and ``flag_field``
 
     Raises:
@@ -178,7 +178,7 @@ def stability_across(collections, score_field, key_field=SOURCE_ID_FIELD):
     (e.g. perturbed clones made with different seeds): the mean pairwise
     Spearman correlation of ``score_field`` over the samples they share,
     matched by ``key_field`` (the source sample id of
-    :func:`fiftyone_hardness.perturb.inject_hardness` clones).
+    :func:`fiftyone_hardness.benchmarking.injection.inject_hardness` clones).
 
     With clones of different injection seeds, different samples are
     perturbed, so this measures the stability of the whole pipeline; for

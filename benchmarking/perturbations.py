@@ -5,7 +5,7 @@ Known hardness on arrays: image and feature perturbations for the benchmark
 
 Every function here is pure numpy (plus OpenCV / PIL for resampling), seeded
 through an explicit ``numpy.random.Generator``, and never reads or writes
-files: :mod:`fiftyone_hardness.perturb` does the I/O on a clone of the
+files: :mod:`fiftyone_hardness.benchmarking.injection` does the I/O on a clone of the
 dataset.
 
 Image kinds (:data:`IMAGE_KINDS`), on ``uint8`` arrays of shape ``(H, W)`` or

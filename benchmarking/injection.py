@@ -4,7 +4,7 @@ hardness methods on your own data (see ``../shared/METHODS.md`` section 4).
 
 ::
 
-    import fiftyone_hardness.perturb as fhp
+    import fiftyone_hardness.benchmarking.injection as fhp
 
     noisy = fhp.inject_hardness(dataset, "uniform", rate=0.1, seed=0)
     shifted = fhp.inject_hardness(
@@ -49,8 +49,9 @@ import fiftyone as fo
 import fiftyone.core.media as fom
 
 from fiftyone_hardness.methods import label_noise
-from fiftyone_hardness.methods import perturbations
-from fiftyone_hardness.methods import runs
+from fiftyone_hardness.benchmarking import perturbations
+from fiftyone_hardness.dataset_io import data as fhdata
+from fiftyone_hardness.dataset_io import runs
 from fiftyone_hardness.methods.base import HardnessError
 
 logger = logging.getLogger(__name__)
@@ -323,14 +324,14 @@ def _check_inputs(
     pred_probs,
 ):
     if family == "label":
-        runs.validate_label_field(samples, label_field)
+        fhdata.validate_label_field(samples, label_field)
         if hardness == "human":
             if not annotator_field:
                 raise HardnessError(
                     "'human' noise needs annotator_field: a second "
                     "annotator's fo.Classification field"
                 )
-            runs.validate_label_field(samples, annotator_field)
+            fhdata.validate_label_field(samples, annotator_field)
         if hardness in ("confidence", "instance") and pred_probs is None:
             if not features_field:
                 raise HardnessError(
@@ -378,7 +379,7 @@ def _drop_stale_runs(samples, clone):
 def _class_list(dataset, fields, observed):
     declared = []
     for field in fields:
-        declared += list(runs._declared_classes(dataset, field) or [])
+        declared += list(fhdata.declared_classes(dataset, field) or [])
     classes = []
     for c in declared:
         if c in observed and c not in classes:
@@ -439,7 +440,7 @@ def _inject_labels(
                         % (len(y), len(classes), classes, probs.shape)
                     )
             else:
-                from fiftyone_hardness.methods.base import vectors_to_array
+                from fiftyone_hardness.methods.validation import vectors_to_array
 
                 values = clone.values(features_field)
                 values = [v for v, k in zip(values, keep) if k]
@@ -637,7 +638,7 @@ def _perturb_file(src, dst, hardness, rng, replacement):
 
 
 def _inject_vectors(clone, hardness, rate, seed, vector_field):
-    from fiftyone_hardness.methods.base import vectors_to_array
+    from fiftyone_hardness.methods.validation import vectors_to_array
 
     ids, values = clone.values(["id", vector_field])
     keep = [i for i, v in enumerate(values) if v is not None]

@@ -30,7 +30,7 @@ from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
 
 from fiftyone_hardness.methods import dynamics as fhd
-from fiftyone_hardness.methods import hardness_scores as fhs
+from fiftyone_hardness.methods.dynamics import scores as fhs
 from fiftyone_hardness.methods.label_noise import inject_label_noise
 
 

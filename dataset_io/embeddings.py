@@ -1,0 +1,126 @@
+"""
+Computing image embeddings for a FiftyOne collection and storing them on
+its samples, with what produced them recorded on the field.
+
+The model and the batching are :mod:`fiftyone_hardness.methods.embeddings`;
+this module reads file paths, writes vectors and keeps the provenance record
+that stops one field from mixing two models.
+"""
+import logging
+
+import fiftyone.core.media as fom
+
+from fiftyone_hardness.dataset_io.runs import to_jsonable
+from fiftyone_hardness.methods import embeddings as fhe
+from fiftyone_hardness.methods.base import HardnessError
+
+logger = logging.getLogger(__name__)
+
+#: the key under which provenance is recorded in the embeddings field's
+#: ``info``
+EMBEDDINGS_INFO_KEY = "hardness_embeddings"
+
+
+def compute_embeddings(samples, config, progress):
+    """Embeds the images of ``samples`` into ``config.embeddings_field``.
+
+    Args:
+        samples: a :class:`fiftyone.core.collections.SampleCollection`
+        config: a :class:`fiftyone_hardness.methods.embeddings.EmbeddingsConfig`
+        progress: a callable ``(fraction, message)``
+
+    Returns:
+        a dict with ``num_embedded``, ``num_skipped``, ``failed`` and
+        ``info`` (see :func:`fiftyone_hardness.compute_embeddings`)
+    """
+    if samples.media_type != fom.IMAGE:
+        raise HardnessError(
+            "compute_embeddings needs an image collection; this one has "
+            "media type '%s'" % samples.media_type
+        )
+    field = config.embeddings_field
+    embedder = fhe.load_embedder(
+        model=config.model,
+        pretrained=config.pretrained,
+        device=config.device,
+        image_size=config.image_size,
+    )
+    _check_provenance(samples, field, embedder.info)
+
+    todo = samples
+    if config.skip_existing and samples.has_field(field):
+        todo = samples.exists(field, False)
+    ids, filepaths = todo.values(["id", "filepath"])
+    result = {
+        "num_embedded": 0,
+        "num_skipped": len(samples) - len(ids),
+        "failed": {},
+        "info": embedder.info,
+    }
+    buffer = {}
+    done = 0
+    for indices, vectors, errors in fhe.embed_files(
+        filepaths,
+        embedder,
+        batch_size=config.batch_size,
+        num_workers=config.num_workers,
+    ):
+        for i, vector in zip(indices, vectors):
+            buffer[ids[i]] = vector
+        for i, error in errors.items():
+            result["failed"][ids[i]] = error
+        done += len(indices) + len(errors)
+        if len(buffer) >= config.write_every:
+            result["num_embedded"] += _write_vectors(samples, field, buffer)
+            buffer = {}
+        progress(done / max(len(ids), 1), "%d/%d images" % (done, len(ids)))
+    if buffer:
+        result["num_embedded"] += _write_vectors(samples, field, buffer)
+
+    if result["num_embedded"]:
+        _record_provenance(samples, field, embedder.info)
+    for sample_id, error in result["failed"].items():
+        logger.warning("Could not embed sample %s: %s", sample_id, error)
+    return result
+
+
+def get_embeddings_info(samples, embeddings_field):
+    """Returns what produced ``embeddings_field`` (model, pretrained, dim),
+    as recorded by :func:`compute_embeddings`, or None."""
+    if not samples.has_field(embeddings_field):
+        return None
+    info = samples._dataset.get_field(embeddings_field).info or {}
+    return info.get(EMBEDDINGS_INFO_KEY)
+
+
+def _write_vectors(samples, field, vectors):
+    samples.set_values(field, vectors, key_field="id")
+    return len(vectors)
+
+
+def _check_provenance(samples, field, info):
+    if not samples.has_field(field):
+        return
+    recorded = get_embeddings_info(samples, field)
+    if recorded and (
+        recorded.get("model") != info["model"]
+        or recorded.get("dim") != info["dim"]
+    ):
+        raise HardnessError(
+            "Field '%s' holds %s embeddings (dim %s); choose another "
+            "embeddings_field for %s (dim %s)"
+            % (
+                field,
+                recorded.get("model"),
+                recorded.get("dim"),
+                info["model"],
+                info["dim"],
+            )
+        )
+
+
+def _record_provenance(samples, field, info):
+    dataset_field = samples._dataset.get_field(field)
+    dataset_field.info = dict(dataset_field.info or {})
+    dataset_field.info[EMBEDDINGS_INFO_KEY] = to_jsonable(info)
+    dataset_field.save()
