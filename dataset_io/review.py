@@ -27,8 +27,12 @@ from pymongo import UpdateOne
 import fiftyone as fo
 from fiftyone import ViewField as F
 
+from fiftyone_hardness.dataset_io.data import (
+    declared_classes,
+    validate_label_field,
+)
+from fiftyone_hardness.dataset_io.locks import dataset_lock
 from fiftyone_hardness.methods.base import HardnessError
-from fiftyone_hardness.dataset_io.data import validate_label_field
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +71,7 @@ def mark_labels(
     label_field="ground_truth",
     reviewer=None,
     note=None,
+    allow_new_class=False,
 ):
     """Records a reviewer's verdict on the labels of some samples.
 
@@ -79,6 +84,10 @@ def mark_labels(
             field (never modified)
         reviewer (None): who reviewed; the login name by default
         note (None): an optional free-text note
+        allow_new_class (False): accept a ``correct_label`` that is not yet
+            a class of the label field (declared in ``dataset.classes`` /
+            ``default_classes`` or used by some sample); refused by default
+            because a typo would otherwise become a class
 
     Returns:
         the number of samples marked
@@ -86,7 +95,7 @@ def mark_labels(
     Raises:
         HardnessError: unknown verdict, missing correct label, samples not
             in the collection or without a label, or a "correction" equal to
-            the current label
+            the current label, an unknown class, a malformed sample id
     """
     if verdict not in VERDICTS:
         raise HardnessError(
@@ -102,6 +111,7 @@ def mark_labels(
                 "(correct_label=...)"
             )
         correct_label = str(correct_label)
+        _check_known_class(samples, label_field, correct_label, allow_new_class)
         same = [i for i in sample_ids if labels[i] == correct_label]
         if same:
             raise HardnessError(
@@ -127,8 +137,13 @@ def mark_labels(
         )
     field = review_field(label_field)
     dataset = samples._dataset
-    dataset.set_values(field, values, key_field="id")
-    _mark_field(dataset, field, {"kind": "review", "label_field": label_field})
+    # the lock also serializes schema changes: two processes adding fields
+    # at once can otherwise drop one field from the schema
+    with dataset_lock(dataset, "recording reviews of %s" % label_field):
+        dataset.set_values(field, values, key_field="id")
+        _mark_field(
+            dataset, field, {"kind": "review", "label_field": label_field}
+        )
     return len(values)
 
 
@@ -189,7 +204,9 @@ def review_summary(samples, label_field="ground_truth"):
     return summary
 
 
-def apply_corrections(samples, label_field="ground_truth", target_field=None):
+def apply_corrections(
+    samples, label_field="ground_truth", target_field=None, append=False
+):
     """Applies the reviewed corrections ("wrong -> class X") of ``samples``.
 
     With ``target_field`` (a new field name), the label field is copied into
@@ -197,18 +214,23 @@ def apply_corrections(samples, label_field="ground_truth", target_field=None):
     are applied there; ``label_field`` is untouched. Without it, the
     corrections go back into ``label_field``: the original label document of
     every changed sample is first copied verbatim into
-    ``{label_field}_original`` (once: applying twice keeps the first
-    original), then only its ``label`` is replaced. :func:`undo_corrections`
-    restores them.
+    ``{label_field}_original``, then only its ``label`` is replaced.
+    :func:`undo_corrections` restores them.
 
     Corrections whose recorded ``original`` no longer matches the label
     field (the label changed since the review) are skipped and counted.
+    Holds the dataset's write lock (:mod:`~fiftyone_hardness.dataset_io.
+    locks`), so a concurrent apply or undo cannot interleave with it.
 
     Args:
         samples: a :class:`fiftyone.core.collections.SampleCollection`
         label_field ("ground_truth"): the reviewed label field
         target_field (None): a new field to receive the corrected labels, or
             None to correct ``label_field`` in place
+        append (False): in place, apply new corrections although earlier
+            ones are still applied (their backups are kept: undo restores
+            every original at once). Refused by default, so that two
+            rounds of corrections are never mixed by accident
 
     Returns:
         a dict with ``num_corrected``, ``num_stale`` (skipped),
@@ -216,35 +238,30 @@ def apply_corrections(samples, label_field="ground_truth", target_field=None):
         field)
 
     Raises:
-        HardnessError: bad label field, or ``target_field`` exists and was
-            not made by a previous :func:`apply_corrections` of this label
-            field
+        HardnessError: bad label field; ``target_field`` is the backup or
+            review field, or exists and was not made by a previous
+            :func:`apply_corrections` of this label field; in place, an
+            unrestored backup exists and ``append`` is False
     """
     validate_label_field(samples, label_field)
     dataset = samples._dataset
     if target_field in (None, "", label_field):
-        return _apply_in_place(samples, label_field)
+        with dataset_lock(dataset, "applying corrections to %s" % label_field):
+            return _apply_in_place(samples, label_field, append)
 
-    existing = (
-        dataset.get_field(target_field)
-        if dataset.has_field(target_field)
-        else None
-    )
-    info = _field_marker(existing)
-    if existing is not None and info.get("source") != label_field:
-        raise HardnessError(
-            "Field '%s' already exists and does not hold corrections of "
-            "'%s'; choose another target field" % (target_field, label_field)
+    _check_target_field(dataset, label_field, target_field)
+    with dataset_lock(dataset, "applying corrections to %s" % target_field):
+        if not dataset.has_field(target_field):
+            samples.clone_sample_field(label_field, target_field)
+            _mark_field(
+                dataset,
+                target_field,
+                {"kind": "corrected_labels", "source": label_field},
+            )
+        changes, stale = _corrections(
+            samples, label_field, skip_applied=False
         )
-    if existing is None:
-        samples.clone_sample_field(label_field, target_field)
-        _mark_field(
-            dataset,
-            target_field,
-            {"kind": "corrected_labels", "source": label_field},
-        )
-    changes, stale = _corrections(samples, label_field, skip_applied=False)
-    _set_labels(dataset, target_field, changes)
+        _set_labels(dataset, target_field, changes)
     dataset.reload()
     return {
         "num_corrected": len(changes),
@@ -254,53 +271,115 @@ def apply_corrections(samples, label_field="ground_truth", target_field=None):
     }
 
 
+def _check_target_field(dataset, label_field, target_field):
+    """A new-field target must be new, or hold corrections of
+    ``label_field`` made by :func:`apply_corrections`; never the backup or
+    review field (overwriting the backup would lose the originals)."""
+    reserved = {
+        backup_field(label_field): "the backup of the original labels",
+        review_field(label_field): "the review verdicts",
+    }
+    if target_field in reserved:
+        raise HardnessError(
+            "Field '%s' holds %s of '%s' and cannot receive corrections; "
+            "choose another target field"
+            % (target_field, reserved[target_field], label_field)
+        )
+    if not dataset.has_field(target_field):
+        return
+    marker = _field_marker(dataset.get_field(target_field))
+    if (
+        marker.get("kind") != "corrected_labels"
+        or marker.get("source") != label_field
+    ):
+        raise HardnessError(
+            "Field '%s' already exists and does not hold corrections of "
+            "'%s'; choose another target field" % (target_field, label_field)
+        )
+
+
 def undo_corrections(samples, label_field="ground_truth"):
     """Restores the original label documents of the samples of ``samples``
     whose ``label_field`` was corrected in place, byte for byte, and removes
     their backup. The backup field is deleted once no sample uses it.
 
+    A sample whose label was edited after the apply (it no longer holds the
+    reviewed correction) is left alone, with its backup, and reported: undo
+    never reverts someone's later edit. Holds the dataset's write lock.
+
     Returns:
-        the number of samples restored
+        a dict with ``num_restored``, ``num_edited`` (left alone) and
+        ``edited_ids``
     """
     dataset = samples._dataset
     backup = backup_field(label_field)
-    if not dataset.has_field(backup):
-        return 0
-    ids = samples.exists(backup).values("_id")
-    if ids:
-        dataset._sample_collection.update_many(
-            {"_id": {"$in": ids}, backup: {"$ne": None}},
-            [
-                {
-                    "$set": {
-                        label_field: "$" + backup,
-                        "last_modified_at": _now(),
-                    }
-                },
-                {"$unset": backup},
-            ],
-        )
-    dataset.reload()
-    if not len(dataset.exists(backup)):
-        dataset.delete_sample_field(backup)
-    return len(ids)
-
-
-def _apply_in_place(samples, label_field):
-    dataset = samples._dataset
-    backup = backup_field(label_field)
-    changes, stale = _corrections(samples, label_field)
-    if changes:
+    result = {"num_restored": 0, "num_edited": 0, "edited_ids": []}
+    with dataset_lock(dataset, "undoing corrections of %s" % label_field):
+        dataset.reload()
         if not dataset.has_field(backup):
-            dataset.add_sample_field(
-                backup,
-                fo.EmbeddedDocumentField,
-                embedded_doc_type=fo.Classification,
-                description="Original '%s' labels of corrected samples"
-                % label_field,
-                info={INFO_KEY: {"kind": "backup", "source": label_field}},
+            return result
+        _drop_unneeded_backups(samples, label_field)
+        ids = samples.exists(backup).values("_id")
+        if ids:
+            still_corrected = {
+                "$eq": [
+                    "$%s.label" % label_field,
+                    "$%s.label" % review_field(label_field),
+                ]
+            }
+            restored = dataset._sample_collection.update_many(
+                {
+                    "_id": {"$in": ids},
+                    backup: {"$ne": None},
+                    "$expr": still_corrected,
+                },
+                [
+                    {
+                        "$set": {
+                            label_field: "$" + backup,
+                            "last_modified_at": _now(),
+                        }
+                    },
+                    {"$unset": backup},
+                ],
             )
+            result["num_restored"] = restored.modified_count
+        dataset.reload()
+        edited = samples.exists(backup).values("id")
+        result.update(num_edited=len(edited), edited_ids=edited)
+        if not len(dataset.exists(backup)):
+            dataset.delete_sample_field(backup)
+    if edited:
+        logger.warning(
+            "%d samples of '%s' were edited after the corrections were "
+            "applied; left as they are (their originals stay in '%s')",
+            len(edited),
+            label_field,
+            backup,
+        )
+    return result
+
+
+def _apply_in_place(samples, label_field, append):
+    dataset = samples._dataset
+    dataset.reload()
+    backup = backup_field(label_field)
+    _drop_unneeded_backups(samples, label_field)
+    changes, stale = _corrections(samples, label_field)
+    if changes and not append and dataset.has_field(backup):
+        applied = len(dataset.exists(backup))
+        if applied:
+            raise HardnessError(
+                "%d samples of '%s' still hold corrections applied earlier "
+                "(originals in '%s'); undo them first, or pass append=True "
+                "to add these %d corrections on top"
+                % (applied, label_field, backup, len(changes))
+            )
+    if changes:
+        _declare_backup(dataset, label_field, backup)
         ids = [ObjectId(i) for i in changes]
+        # copy each original once: a sample corrected twice keeps its
+        # first original
         dataset._sample_collection.update_many(
             {"_id": {"$in": ids}, backup: None},
             [
@@ -322,6 +401,43 @@ def _apply_in_place(samples, label_field):
             backup if changes or dataset.has_field(backup) else None
         ),
     }
+
+
+def _drop_unneeded_backups(samples, label_field):
+    """Removes backups equal to the label they back up.
+
+    An apply interrupted between copying the originals and writing the
+    corrections leaves such backups: the label was never changed, so
+    there is nothing to restore, and they must not count as "corrections
+    still applied"."""
+    dataset = samples._dataset
+    backup = backup_field(label_field)
+    if not dataset.has_field(backup):
+        return
+    ids = samples.exists(backup).values("_id")
+    if ids:
+        dataset._sample_collection.update_many(
+            {
+                "_id": {"$in": ids},
+                backup: {"$ne": None},
+                "$expr": {"$eq": ["$" + label_field, "$" + backup]},
+            },
+            [{"$unset": backup}],
+        )
+
+
+def _declare_backup(dataset, label_field, backup):
+    # declared before any value is written, so a backup value is never
+    # left in a field missing from the schema
+    if not dataset.has_field(backup):
+        dataset.add_sample_field(
+            backup,
+            fo.EmbeddedDocumentField,
+            embedded_doc_type=fo.Classification,
+            description="Original '%s' labels of corrected samples"
+            % label_field,
+            info={INFO_KEY: {"kind": "backup", "source": label_field}},
+        )
 
 
 def _corrections(samples, label_field, skip_applied=True):
@@ -395,7 +511,28 @@ def _as_ids(sample_ids):
     sample_ids = [str(i) for i in sample_ids]
     if not sample_ids:
         raise HardnessError("No samples given to review")
+    malformed = [i for i in sample_ids if not ObjectId.is_valid(i)]
+    if malformed:
+        raise HardnessError(
+            "%r is not a sample id (ids are 24 hex characters, e.g. "
+            "sample.id)" % malformed[0]
+        )
     return list(dict.fromkeys(sample_ids))
+
+
+def _check_known_class(samples, label_field, label, allow_new_class):
+    if allow_new_class:
+        return
+    known = set(declared_classes(samples, label_field) or [])
+    if label in known:
+        return
+    known |= set(samples._dataset.distinct(label_field + ".label"))
+    if label not in known:
+        raise HardnessError(
+            "'%s' is not a class of '%s' (classes: %s); check the spelling, "
+            "or pass allow_new_class=True to introduce it"
+            % (label, label_field, ", ".join(sorted(known)))
+        )
 
 
 def _field_marker(field):

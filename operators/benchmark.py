@@ -12,6 +12,7 @@ import logging
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+from fiftyone_hardness.operators.paths import app_path, path_error
 from fiftyone_hardness.operators.common import (
     dropdown_input,
     label_field_input,
@@ -22,6 +23,8 @@ from fiftyone_hardness.operators.common import (
 from fiftyone_hardness.operators.perturb import HARDNESS_CHOICES
 
 logger = logging.getLogger(__name__)
+
+REPORT_WHAT = "the report folder"
 
 #: the methods offered in the form (see fiftyone_hardness.benchmarking)
 METHOD_CHOICES = [
@@ -107,12 +110,15 @@ class RunHardnessBenchmark(foo.Operator):
                        label="Fractions to perturb")
             inputs.str("seeds", default="0, 1", required=True,
                        label="Seeds")
+            error = path_error(ctx.params.get("output_dir"), REPORT_WHAT)
             inputs.str(
                 "output_dir",
                 default="",
                 label="Report folder",
                 description="results.json, report.md and PNG plots; empty: "
                 "none (the summary run still holds the figures)",
+                invalid=error is not None,
+                error_message=error,
             )
             run_key = ctx.params.get("run_key") or benchmark.DEFAULT_RUN_KEY
             exists = run_key in ctx.dataset.list_runs()
@@ -178,7 +184,11 @@ def _params(p):
         else _numbers(seeds, int, "seeds"),
         label_field=p.get("label_field") or "ground_truth",
         embeddings_field=p.get("embeddings_field") or "embeddings",
-        output_dir=p.get("output_dir") or None,
+        output_dir=(
+            app_path(p["output_dir"], REPORT_WHAT)
+            if p.get("output_dir")
+            else None
+        ),
         run_key=p.get("run_key") or benchmark.DEFAULT_RUN_KEY,
         overwrite=bool(p.get("overwrite", False)),
         workers=int(p.get("workers") or 1),

@@ -14,6 +14,7 @@ import fiftyone.core.media as fom
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+from fiftyone_hardness.operators.paths import app_path, path_error
 from fiftyone_hardness.operators.common import (
     classification_fields,
     dropdown_input,
@@ -23,6 +24,8 @@ from fiftyone_hardness.operators.common import (
 )
 
 logger = logging.getLogger(__name__)
+
+OUTPUT_DIR_WHAT = "the folder for the new images"
 
 #: (type, family, form label); kept here so the form does not import numpy
 #: code paths it does not need
@@ -213,6 +216,7 @@ def _family_inputs(ctx, inputs, hardness, family):
                 "'%s' perturbs images; this view holds '%s'"
                 % (hardness, ctx.view.media_type),
             )
+        error = path_error(ctx.params.get("output_dir"), OUTPUT_DIR_WHAT)
         inputs.str(
             "output_dir",
             label="Folder for the new images",
@@ -220,8 +224,10 @@ def _family_inputs(ctx, inputs, hardness, family):
                 "Empty: fiftyone's dataset dir/hardness-injections/<name>. "
                 "Existing files are never overwritten"
             ),
+            invalid=error is not None,
+            error_message=error,
         )
-        return True
+        return error is None
     fields = vector_fields(ctx.view)
     if not fields:
         return _error(
@@ -290,7 +296,7 @@ def _params(ctx):
                 params[key] = p[key]
     elif family == "image":
         if p.get("output_dir"):
-            params["output_dir"] = p["output_dir"]
+            params["output_dir"] = app_path(p["output_dir"], OUTPUT_DIR_WHAT)
     elif family == "vector":
         params["vector_field"] = p.get("vector_field")
     return params

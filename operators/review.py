@@ -228,9 +228,9 @@ class UndoLabelCorrections(foo.Operator):
 
     def execute(self, ctx):
         label_field = ctx.params.get("label_field") or "ground_truth"
-        count = review.undo_corrections(ctx.dataset, label_field)
+        result = review.undo_corrections(ctx.dataset, label_field)
         ctx.ops.reload_dataset()
-        return {"num_restored": count}
+        return result
 
 
 class FindCounterexamples(foo.Operator):

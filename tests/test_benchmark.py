@@ -183,8 +183,12 @@ def test_bad_grids(clean_digits, kwargs, message):
     assert set(fo.list_datasets()) == before
 
 
-def test_operator_runs_a_grid(clean_digits, tmp_path, plugins_dir):
+def test_operator_runs_a_grid(clean_digits, tmp_path, plugins_dir,
+                              monkeypatch):
     from fiftyone_hardness.operators.benchmark import _params
+
+    # App paths must lie in an allowed directory (operators/paths.py)
+    monkeypatch.setenv("FIFTYONE_HARDNESS_ALLOWED_DIRS", str(tmp_path))
 
     params = _params({"types": ["uniform"], "props": "0.1", "seeds": "0, 1",
                       "methods": ["cleanlab_knn"],

@@ -724,10 +724,13 @@ def test_operator_form_adapts_to_the_type(digits):
     assert taken["name"].invalid
 
 
-def test_operator_creates_the_perturbed_clone(digits, tmp_path):
+def test_operator_creates_the_perturbed_clone(digits, tmp_path, monkeypatch):
     import fiftyone.operators as foo
 
     import app_helpers
+
+    # App paths must lie in an allowed directory (operators/paths.py)
+    monkeypatch.setenv("FIFTYONE_HARDNESS_ALLOWED_DIRS", str(tmp_path))
 
     with app_helpers.plugin_dir(tmp_path):
         uri = "@fiftyone-hardness/hardness/inject_hardness"

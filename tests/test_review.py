@@ -123,7 +123,8 @@ def test_apply_in_place_then_undo_restores_labels_byte_for_byte(digits):
     assert again["num_corrected"] == 0
 
     restored = review.undo_corrections(digits)
-    assert restored == len(set(ids))
+    assert restored["num_restored"] == len(set(ids))
+    assert restored["num_edited"] == 0
     assert _raw(digits) == before
     assert _raw(digits, "ground_truth_reviewed") == before_reviews
     assert not digits.has_field("ground_truth_original")
@@ -180,6 +181,73 @@ def test_stale_corrections_and_views(digits):
     result = review.apply_corrections(view)
     assert (result["num_corrected"], result["num_stale"]) == (2, 1)
     assert len(digits.exists("ground_truth_original")) == 2
-    assert review.undo_corrections(digits) == 2
+    assert review.undo_corrections(digits)["num_restored"] == 2
     assert digits[ids[1]].ground_truth.label != clean[1]
     assert digits[ids[0]].ground_truth.label == others[0]
+
+
+def test_backup_and_review_fields_are_never_targets(digits):
+    ids, clean = _mislabeled(digits, 5)
+    for sample_id, label in zip(ids, clean):
+        review.mark_label_wrong(digits, sample_id, label)
+    review.apply_corrections(digits)
+    backup_before = _raw(digits, "ground_truth_original")
+    for target in ("ground_truth_original", "ground_truth_reviewed"):
+        with pytest.raises(HardnessError, match="cannot receive"):
+            review.apply_corrections(digits, target_field=target)
+    assert _raw(digits, "ground_truth_original") == backup_before
+    # the originals still come back
+    assert review.undo_corrections(digits)["num_restored"] == 5
+
+
+def test_apply_refuses_a_second_round_unless_appending(digits):
+    ids, clean = _mislabeled(digits, 6)
+    original = _raw(digits)
+    for sample_id, label in zip(ids[:3], clean[:3]):
+        review.mark_label_wrong(digits, sample_id, label)
+    review.apply_corrections(digits)
+    for sample_id, label in zip(ids[3:], clean[3:]):
+        review.mark_label_wrong(digits, sample_id, label)
+    with pytest.raises(HardnessError, match="undo them first"):
+        review.apply_corrections(digits)
+    assert review.apply_corrections(digits, append=True)[
+        "num_corrected"
+    ] == 3
+    assert review.undo_corrections(digits)["num_restored"] == 6
+    assert _raw(digits) == original
+
+
+def test_undo_leaves_later_edits_alone(digits):
+    ids, clean = _mislabeled(digits, 4)
+    for sample_id, label in zip(ids, clean):
+        review.mark_label_wrong(digits, sample_id, label)
+    review.apply_corrections(digits)
+    # a person fixes one label by hand after the apply
+    edited = digits[ids[0]]
+    other = next(
+        c for c in map(str, range(10))
+        if c not in (edited.ground_truth.label, clean[0])
+    )
+    edited.ground_truth.label = other
+    edited.save()
+    result = review.undo_corrections(digits)
+    assert result["num_restored"] == 3
+    assert result["edited_ids"] == [ids[0]]
+    assert digits[ids[0]].ground_truth.label == other
+    # its original is kept, not lost
+    assert digits[ids[0]].ground_truth_original is not None
+
+
+def test_unknown_class_and_malformed_ids_are_refused(digits):
+    sample = digits.first()
+    with pytest.raises(HardnessError, match="not a class of"):
+        review.mark_label_wrong(digits, sample.id, "seven")
+    with pytest.raises(HardnessError, match="not a sample id"):
+        review.mark_label_wrong(digits, "not-an-id", "7")
+    assert not digits.has_field("ground_truth_reviewed")
+    label = "1" if sample.ground_truth.label != "1" else "2"
+    assert review.mark_label_wrong(digits, sample.id, label) == 1
+    new = review.mark_label_wrong(
+        digits, sample.id, "ten", allow_new_class=True
+    )
+    assert new == 1
