@@ -8,6 +8,7 @@ that stops one field from mixing two models.
 """
 import logging
 
+import fiftyone as fo
 import fiftyone.core.media as fom
 
 from fiftyone_hardness.dataset_io.runs import to_jsonable
@@ -46,6 +47,11 @@ def compute_embeddings(samples, config, progress):
         image_size=config.image_size,
     )
     _check_provenance(samples, field, embedder.info)
+    created = not samples._dataset.has_sample_field(field)
+    # recorded before the first write: a field filled halfway by an
+    # interrupted run is still attributed to its model, so that a later
+    # run with another model cannot mix vectors into it
+    _record_provenance(samples, field, embedder.info)
 
     todo = samples
     if config.skip_existing and samples.has_field(field):
@@ -77,8 +83,8 @@ def compute_embeddings(samples, config, progress):
     if buffer:
         result["num_embedded"] += _write_vectors(samples, field, buffer)
 
-    if result["num_embedded"]:
-        _record_provenance(samples, field, embedder.info)
+    if created and not result["num_embedded"]:
+        samples._dataset.delete_sample_field(field)
     for sample_id, error in result["failed"].items():
         logger.warning("Could not embed sample %s: %s", sample_id, error)
     return result
@@ -99,9 +105,18 @@ def _write_vectors(samples, field, vectors):
 
 
 def _check_provenance(samples, field, info):
+    """Refuses to write into a field that holds something else: vectors of
+    another model, or values we did not write (a user's own field)."""
     if not samples.has_field(field):
         return
     recorded = get_embeddings_info(samples, field)
+    dataset = samples._dataset
+    if recorded is None and len(dataset.exists(field)):
+        raise HardnessError(
+            "Field '%s' already holds values that compute_embeddings did "
+            "not write; choose another embeddings_field (or delete that "
+            "field first if you no longer need it)" % field
+        )
     if recorded and (
         recorded.get("model") != info["model"]
         or recorded.get("dim") != info["dim"]
@@ -120,7 +135,10 @@ def _check_provenance(samples, field, info):
 
 
 def _record_provenance(samples, field, info):
-    dataset_field = samples._dataset.get_field(field)
+    dataset = samples._dataset
+    if not dataset.has_sample_field(field):
+        dataset.add_sample_field(field, fo.VectorField)
+    dataset_field = dataset.get_field(field)
     dataset_field.info = dict(dataset_field.info or {})
     dataset_field.info[EMBEDDINGS_INFO_KEY] = to_jsonable(info)
     dataset_field.save()

@@ -106,6 +106,14 @@ def check_features(X, num_rows=None, what="features", ids=None):
                 "sample %s" % ids[first] if ids is not None else "row %d" % first,
             )
         )
+    if len(X) > 1 and not np.ptp(X, axis=0).any():
+        # e.g. all-zero embeddings from a failed model: every method would
+        # flag an arbitrary fraction of the data
+        raise HardnessError(
+            "All %d rows of '%s' are identical (e.g. all zeros): they carry "
+            "no information about the samples; recompute them (e.g. with "
+            "compute_embeddings)" % (len(X), what)
+        )
     return X
 
 
