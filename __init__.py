@@ -44,6 +44,7 @@ from fiftyone_hardness.api import (  # noqa: E402,F401
     compute_rer,
     find_counterexamples,
     list_methods,
+    repair_hardness_runs,
 )
 from fiftyone_hardness.dataset_io import review  # noqa: E402,F401
 from fiftyone_hardness.methods.base import HardnessError  # noqa: E402,F401

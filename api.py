@@ -97,6 +97,17 @@ def apply_hardness(
         )
 
 
+def repair_hardness_runs(samples):
+    """Removes the hardness runs of ``samples`` whose write was interrupted
+    (e.g. the process was killed), with every field they wrote. Runs being
+    written by a live process are waited for, not touched.
+
+    Returns:
+        the keys of the runs removed
+    """
+    return fhruns.repair_hardness_runs(samples)
+
+
 def compute_embeddings(samples, progress=None, **kwargs):
     """Computes image embeddings for the samples of a collection.
 

@@ -2,7 +2,7 @@
 Score hardness runs against known hardness: AUROC / AUPRC (perturbed samples
 are the positives, on the oriented score), precision / recall / F1 of the
 flags, precision@k, the noise-rate estimate's error, and stability across
-seeds (see ``../shared/METHODS.md`` section 5).
+seeds (see ``docs/methods.md`` section 5).
 
 ::
 
@@ -25,7 +25,10 @@ import numpy as np
 from fiftyone_hardness.benchmarking import metrics as evaluation
 from fiftyone_hardness.dataset_io import runs
 from fiftyone_hardness.methods.base import HardnessError
-from fiftyone_hardness.benchmarking.injection import SOURCE_ID_FIELD, TRUTH_FIELD
+from fiftyone_hardness.benchmarking.injection import (
+    SOURCE_ID_FIELD,
+    TRUTH_FIELD,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -92,9 +95,11 @@ def evaluate_field(
 def evaluate_run(samples, run_key, truth_field=TRUTH_FIELD, ks=DEFAULT_KS):
     """Evaluates every score of a hardness run against the known mask.
 
-    A single-method run has one score (``{run_key}_score``); a ``dynamics``
-    run has one per method (``{run_key}_{m}_score``). Each is evaluated with
-    its flags (``..._flag``) and, where the run estimated one, its noise rate.
+    The scores come from the run schema
+    (:meth:`fiftyone_hardness.dataset_io.runs.HardnessRunResults.scores`):
+    a single-method run has one, a ``dynamics`` run one per method. Each is
+    evaluated with its flags and, where the run estimated one, its noise
+    rate.
 
     Args:
         samples: the collection the run was computed on (or a view of it)
@@ -104,13 +109,42 @@ def evaluate_run(samples, run_key, truth_field=TRUTH_FIELD, ks=DEFAULT_KS):
 
     Returns:
         a dict mapping each score's name (the method name for single-method
-        runs, ``m`` for ``{run_key}_{m}_score``) to its figures (see
+        runs, ``m`` for the method ``m`` of a ``dynamics`` run) to its
+        figures (see
         :func:`fiftyone_hardness.benchmarking.metrics.evaluate_scores`) plus
         ``run_key``, ``method``, ``score_field`` and ``flag_field``
 
     Raises:
-        HardnessError: unknown run key, not a hardness run, no truth field
+        HardnessError: unknown run key, not a hardness run, no score, no
+            truth field
     """
+    results = _load_hardness_results(samples, run_key)
+    scores = results.scores()
+    if not scores:
+        raise HardnessError("Run '%s' wrote no score field" % run_key)
+
+    truth = load_truth(samples, truth_field)
+    out = {}
+    for score in scores:
+        flag_field = score.flag_field
+        if flag_field is not None and not samples.has_field(flag_field):
+            flag_field = None
+        values = _as_float(samples.values(score.score_field))
+        flags = samples.values(flag_field) if flag_field else None
+        figures = evaluation.evaluate_scores(
+            truth, values, flags=flags, noise_rate=score.noise_rate, ks=ks
+        )
+        figures.update(
+            run_key=run_key,
+            method=results.method,
+            score_field=score.score_field,
+            flag_field=flag_field,
+        )
+        out[score.name] = figures
+    return out
+
+
+def _load_hardness_results(samples, run_key):
     if run_key not in samples.list_runs():
         raise HardnessError(
             "Dataset '%s' has no run '%s'; runs: %s"
@@ -123,38 +157,7 @@ def evaluate_run(samples, run_key, truth_field=TRUTH_FIELD, ks=DEFAULT_KS):
     config = samples.get_run_info(run_key).config
     if not isinstance(config, runs.HardnessRunConfig):
         raise HardnessError("Run '%s' is not a hardness run" % run_key)
-    results = samples.load_run_results(run_key)
-    method = config.method
-    suffixes = list(config.field_suffixes)
-    scored = [s for s in suffixes if s == "score" or s.endswith("_score")]
-    if not scored:
-        raise HardnessError("Run '%s' wrote no score field" % run_key)
-
-    truth = load_truth(samples, truth_field)
-    out = {}
-    for suffix in scored:
-        name = method if suffix == "score" else suffix[: -len("_score")]
-        flag_suffix = suffix[: -len("score")] + "flag"
-        score_field = "%s_%s" % (run_key, suffix)
-        flag_field = "%s_%s" % (run_key, flag_suffix)
-        has_flags = flag_suffix in suffixes and samples.has_field(flag_field)
-        values = _as_float(samples.values(score_field))
-        flags = samples.values(flag_field) if has_flags else None
-        figures = evaluation.evaluate_scores(
-            truth,
-            values,
-            flags=flags,
-            noise_rate=_noise_rate(results, suffix, name),
-            ks=ks,
-        )
-        figures.update(
-            run_key=run_key,
-            method=method,
-            score_field=score_field,
-            flag_field=flag_field if has_flags else None,
-        )
-        out[name] = figures
-    return out
+    return samples.load_run_results(run_key)
 
 
 def evaluate_runs(
@@ -233,22 +236,6 @@ def stability_of_fields(samples, score_fields):
             )
         arrays.append(_as_float(samples.values(field)))
     return evaluation.stability(arrays)
-
-
-def _noise_rate(results, suffix, name):
-    """The run's noise-rate estimate for one of its scores: the run-level
-    ``noise_rate`` for a single-score run, else the per-method entry
-    ``methods[name]["noise_rate"]`` (as ``dynamics`` runs store it) when
-    it is that method's own estimate (its flag rule), else None."""
-    if suffix == "score":
-        return getattr(results, "noise_rate", None)
-    methods = getattr(results, "methods", None)
-    if isinstance(methods, dict) and isinstance(methods.get(name), dict):
-        entry = methods[name]
-        # top-fraction flags reuse one shared rate: not each method's own
-        if entry.get("own_noise_estimate", True):
-            return entry.get("noise_rate")
-    return None
 
 
 def _as_float(values):

@@ -1,10 +1,11 @@
 """
 The hardness benchmark: "which method finds which kind of problem on MY
 data?" Injects known hardness into clones of a dataset
-(:mod:`fiftyone_hardness.benchmarking.injection`), scores every clone with every method,
-evaluates them against the known mask (:mod:`fiftyone_hardness.benchmarking.evaluation`)
-and writes ``results.json``, a markdown report and PNG plots, plus a summary
-run on the source dataset.
+(:mod:`fiftyone_hardness.benchmarking.injection`), scores every clone with
+every method, evaluates them against the known mask
+(:mod:`fiftyone_hardness.benchmarking.evaluation`) and writes
+``results.json``, a markdown report and PNG plots, plus a summary run on the
+source dataset.
 
 From a shell::
 
@@ -18,7 +19,7 @@ From a shell::
 
 From Python::
 
-    import fiftyone_hardness.benchmarking as fhb
+    import fiftyone_hardness.benchmarking.grid as fhb
 
     summary = fhb.run_benchmark(dataset, types=["uniform", "zoom_shift"])
     print(dataset.load_run_results("hardness_benchmark").summary())
@@ -38,6 +39,7 @@ parallel processes.
 
 import argparse
 import concurrent.futures
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -56,6 +58,7 @@ from fiftyone_hardness.benchmarking import injection as fhp
 from fiftyone_hardness.benchmarking import report as benchmark_report
 from fiftyone_hardness.dataset_io import data as fhdata
 from fiftyone_hardness.dataset_io import runs
+from fiftyone_hardness.dataset_io.progress import progress_callback
 from fiftyone_hardness.methods.base import HardnessError
 
 logger = logging.getLogger(__name__)
@@ -92,13 +95,25 @@ def _method_spec(name):
     if name not in api.list_methods():
         raise HardnessError(
             "Unknown method '%s'; use one of: %s"
-            % (name, ", ".join(sorted(set(api.list_methods()) | set(VARIANTS))))
+            % (
+                name,
+                ", ".join(sorted(set(api.list_methods()) | set(VARIANTS))),
+            )
         )
     return name, {}
 
 
-def check_grid(samples, types, props, seeds, methods, label_field,
-               embeddings_field, run_key=None, overwrite=False):
+def check_grid(
+    samples,
+    types,
+    props,
+    seeds,
+    methods,
+    label_field,
+    embeddings_field,
+    run_key=None,
+    overwrite=False,
+):
     """Validates a grid before anything runs.
 
     Raises:
@@ -158,13 +173,23 @@ def clean_model_probs(samples, label_field, embeddings_field, seed=0):
 
     data = fhdata.load_labeled_data(samples, label_field)
     X = data.embeddings(embeddings_field)
-    probe = probes.cross_val_probs(X, data.labels, len(data.classes),
-                                   seed=seed)
+    probe = probes.cross_val_probs(
+        X, data.labels, len(data.classes), seed=seed
+    )
     return probe.pred_probs, data.classes
 
 
-def run_setting(source_name, hardness, rate, seed, methods, label_field,
-                embeddings_field, pred_probs=None, work_dir=None):
+def run_setting(
+    source_name,
+    hardness,
+    rate,
+    seed,
+    methods,
+    label_field,
+    embeddings_field,
+    pred_probs=None,
+    work_dir=None,
+):
     """One cell of the grid: inject, score, evaluate, clean up.
 
     Returns:
@@ -172,85 +197,139 @@ def run_setting(source_name, hardness, rate, seed, methods, label_field,
         :mod:`fiftyone_hardness.benchmarking.report`) and
         ``{method: {source id: score}}``
     """
-    quiet = lambda *args: None  # noqa: E731
     source = fo.load_dataset(source_name)
     name = "hardness-benchmark-%s" % uuid.uuid4().hex[:10]
-    work_dir = work_dir or tempfile.gettempdir()
-    image_dir = os.path.join(work_dir, name)
-    clone = fhp.inject_hardness(
+    image_dir = os.path.join(work_dir or tempfile.gettempdir(), name)
+    clone = _inject_setting(
+        source,
+        name,
+        hardness,
+        rate,
+        seed,
+        label_field,
+        embeddings_field,
+        pred_probs,
+        image_dir,
+    )
+    try:
+        _embed_perturbed(source, clone, embeddings_field)
+        seconds = _score_clone(clone, methods, label_field, embeddings_field)
+        evaluated = fhe.evaluate_runs(clone, run_keys=list(seconds))
+        setting = dict(hardness=hardness, rate=float(rate), seed=int(seed))
+        return _collect(clone, evaluated, seconds, setting)
+    finally:
+        clone.delete()
+        shutil.rmtree(image_dir, ignore_errors=True)
+
+
+def _quiet(fraction, message=""):
+    pass
+
+
+def _inject_setting(
+    source,
+    name,
+    hardness,
+    rate,
+    seed,
+    label_field,
+    embeddings_field,
+    pred_probs,
+    image_dir,
+):
+    """The setting's clone with its hardness injected."""
+    return fhp.inject_hardness(
         source,
         hardness,
         rate=rate,
         seed=seed,
         name=name,
         label_field=label_field,
-        pred_probs=pred_probs if hardness in ("instance", "confidence")
-        else None,
+        pred_probs=(
+            pred_probs if hardness in ("instance", "confidence") else None
+        ),
         vector_field=embeddings_field if hardness == "atypical" else None,
         output_dir=image_dir,
-        progress=quiet,
+        progress=_quiet,
     )
-    try:
-        missing = clone.exists(embeddings_field, False)
-        if len(missing):
-            info = api.get_embeddings_info(source, embeddings_field)
-            api.compute_embeddings(
-                clone,
-                model=info["model"],
-                pretrained=info.get("pretrained"),
-                image_size=info.get("image_size"),
-                embeddings_field=embeddings_field,
-                skip_existing=True,
-                progress=quiet,
+
+
+def _embed_perturbed(source, clone, embeddings_field):
+    """Recomputes the embeddings that the injection cleared (perturbed
+    images) with the model recorded on the source's field."""
+    if not len(clone.exists(embeddings_field, False)):
+        return
+    info = api.get_embeddings_info(source, embeddings_field)
+    api.compute_embeddings(
+        clone,
+        model=info["model"],
+        pretrained=info.get("pretrained"),
+        image_size=info.get("image_size"),
+        embeddings_field=embeddings_field,
+        skip_existing=True,
+        progress=_quiet,
+    )
+
+
+def _score_clone(clone, methods, label_field, embeddings_field):
+    """Runs every method on the clone (run key = method name), the
+    consensus of the others last. Returns ``{run_key: seconds}``."""
+    seconds = {}
+    for name in methods:
+        if name == "consensus":
+            continue
+        method, options = _method_spec(name)
+        start = time.perf_counter()
+        api.apply_hardness(
+            clone,
+            method,
+            label_field=label_field,
+            run_key=name,
+            embeddings_field=embeddings_field,
+            progress=_quiet,
+            **options,
+        )
+        seconds[name] = time.perf_counter() - start
+    if "consensus" in methods:
+        members = [m for m in methods if m != "consensus"]
+        start = time.perf_counter()
+        api.apply_hardness(
+            clone,
+            "consensus",
+            label_field=label_field,
+            run_key="consensus",
+            runs=members,
+            progress=_quiet,
+        )
+        seconds["consensus"] = time.perf_counter() - start
+    return seconds
+
+
+def _collect(clone, evaluated, seconds, setting):
+    """One record per score of every run, and each score by source sample
+    id (for stability across seeds)."""
+    records, scores = [], {}
+    source_ids = clone.values(fhp.SOURCE_ID_FIELD)
+    for run_key, figures in evaluated.items():
+        for score_name, f in figures.items():
+            label = _score_label(run_key, score_name, evaluated)
+            record = {
+                k: v
+                for k, v in f.items()
+                if k not in ("run_key", "method", "score_field", "flag_field")
+            }
+            record.update(setting)
+            record.update(
+                method=label, run_key=run_key, seconds=seconds[run_key]
             )
-        seconds = {}
-        for name_ in methods:
-            if name_ == "consensus":
-                continue
-            method, options = _method_spec(name_)
-            start = time.perf_counter()
-            api.apply_hardness(
-                clone,
-                method,
-                label_field=label_field,
-                run_key=name_,
-                embeddings_field=embeddings_field,
-                progress=quiet,
-                **options
-            )
-            seconds[name_] = time.perf_counter() - start
-        if "consensus" in methods:
-            members = [m for m in methods if m != "consensus"]
-            start = time.perf_counter()
-            api.apply_hardness(clone, "consensus", label_field=label_field,
-                               run_key="consensus", runs=members,
-                               progress=quiet)
-            seconds["consensus"] = time.perf_counter() - start
-        evaluated = fhe.evaluate_runs(clone, run_keys=list(seconds))
-        records, scores = [], {}
-        source_ids = clone.values(fhp.SOURCE_ID_FIELD)
-        for run_key, figures in evaluated.items():
-            for score_name, f in figures.items():
-                label = _score_label(run_key, score_name, evaluated)
-                record = {
-                    k: v for k, v in f.items()
-                    if k not in ("run_key", "method", "score_field",
-                                 "flag_field")
-                }
-                record.update(hardness=hardness, rate=float(rate),
-                              seed=int(seed), method=label,
-                              run_key=run_key,
-                              seconds=seconds[run_key])
-                records.append(record)
-                values = clone.values(f["score_field"])
-                scores[label] = {
-                    i: float(v) for i, v in zip(source_ids, values)
-                    if v is not None
-                }
-        return records, scores
-    finally:
-        clone.delete()
-        shutil.rmtree(image_dir, ignore_errors=True)
+            records.append(record)
+            values = clone.values(f["score_field"])
+            scores[label] = {
+                i: float(v)
+                for i, v in zip(source_ids, values)
+                if v is not None
+            }
+    return records, scores
 
 
 def _score_label(run_key, score_name, evaluated):
@@ -303,8 +382,9 @@ def run_benchmark(
             ``samples``; None stores none
         overwrite (False): replace an existing summary run
         workers (1): settings run in parallel processes
-        progress (None): a callable ``(fraction, message)``; None shows a
-            progress bar
+        progress (None): ``True``/``False`` to show/hide a progress bar,
+            None for FiftyOne's default, or a callable
+            ``(fraction, message)``
 
     Returns:
         the summary dict of
@@ -313,85 +393,162 @@ def run_benchmark(
     """
     types, props, seeds = list(types), [float(p) for p in props], list(seeds)
     methods = list(methods)
-    check_grid(samples, types, props, seeds, methods, label_field,
-               embeddings_field, run_key=run_key, overwrite=overwrite)
+    check_grid(
+        samples,
+        types,
+        props,
+        seeds,
+        methods,
+        label_field,
+        embeddings_field,
+        run_key=run_key,
+        overwrite=overwrite,
+    )
 
     start = time.perf_counter()
-    source = samples
-    temporary = None
-    if not isinstance(samples, fo.Dataset):
-        # settings load the source by name: a view becomes a dataset
-        temporary = samples.clone(
-            "hardness-benchmark-source-%s" % uuid.uuid4().hex[:8]
-        )
-        source = temporary
     settings = [(t, p, s) for t in types for p in props for s in seeds]
-    pred_probs = None
-    if set(types) & {"instance", "confidence"}:
-        pred_probs, _ = clean_model_probs(source, label_field,
-                                          embeddings_field)
+    with progress_callback(progress, "benchmark") as report:
+        with _source_dataset(samples) as source:
+            pred_probs = None
+            if set(types) & {"instance", "confidence"}:
+                pred_probs, _ = clean_model_probs(
+                    source, label_field, embeddings_field
+                )
+            records, scores = _run_settings(
+                source.name,
+                settings,
+                (methods, label_field, embeddings_field),
+                pred_probs,
+                workers,
+                report,
+            )
 
+    summary = benchmark_report.summarize_grid(records, scores)
+    config = _grid_config(
+        samples,
+        label_field,
+        embeddings_field,
+        types,
+        props,
+        seeds,
+        methods,
+        settings,
+        workers,
+        start,
+    )
+    summary.update(config=config, records=records)
+    if output_dir:
+        summary["report"] = _write_outputs(summary, config, output_dir)
+    if run_key:
+        _save_summary_run(samples, run_key, summary, overwrite)
+    return summary
+
+
+@contextlib.contextmanager
+def _source_dataset(samples):
+    """The source as a dataset: settings load it by name (in worker
+    processes too), so a view becomes a temporary dataset, deleted
+    afterwards."""
+    if isinstance(samples, fo.Dataset):
+        yield samples
+        return
+    temporary = samples.clone(
+        "hardness-benchmark-source-%s" % uuid.uuid4().hex[:8]
+    )
+    try:
+        yield temporary
+    finally:
+        temporary.delete()
+
+
+def _run_settings(source_name, settings, args, pred_probs, workers, report):
+    """Runs every setting (in ``workers`` processes when more than one),
+    reporting each as it finishes. Returns ``(records, scores)`` with
+    scores keyed by ``(hardness, rate, seed, method)``."""
     records, scores = [], {}
-    work_dir = tempfile.mkdtemp(prefix="hardness-benchmark-")
-    bar = None
-    if progress is None:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(settings), desc="benchmark", unit="setting")
-
-        def progress(fraction, message=""):
-            bar.n = int(round(fraction * len(settings)))
-            bar.set_postfix_str(message)
-            bar.refresh()
+    done = set()
 
     def collect(setting, result):
         setting_records, setting_scores = result
         records.extend(setting_records)
         for method, table in setting_scores.items():
             scores[setting + (method,)] = table
-        progress(
-            len({(r["hardness"], r["rate"], r["seed"]) for r in records})
-            / len(settings),
-            "%s p=%.2f seed %d done" % setting,
-        )
+        done.add(setting)
+        report(len(done) / len(settings), "%s p=%.2f seed %d done" % setting)
 
-    args = (methods, label_field, embeddings_field)
+    work_dir = tempfile.mkdtemp(prefix="hardness-benchmark-")
     try:
-        progress(0.0, "%d settings" % len(settings))
+        report(0.0, "%d settings" % len(settings))
         if workers <= 1:
             for setting in settings:
-                collect(setting, run_setting(
-                    source.name, *setting, *args, pred_probs=pred_probs,
-                    work_dir=work_dir))
+                collect(
+                    setting,
+                    run_setting(
+                        source_name,
+                        *setting,
+                        *args,
+                        pred_probs=pred_probs,
+                        work_dir=work_dir,
+                    ),
+                )
         else:
-            threads = max(1, (os.cpu_count() or 1) // workers)
-            pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=workers,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker,
-                initargs=(threads,),
+            _run_in_processes(
+                source_name,
+                settings,
+                args,
+                pred_probs,
+                workers,
+                work_dir,
+                collect,
             )
-            try:
-                futures = {
-                    pool.submit(run_setting, source.name, *setting, *args,
-                                pred_probs=pred_probs, work_dir=work_dir):
-                    setting
-                    for setting in settings
-                }
-                for future in concurrent.futures.as_completed(futures):
-                    collect(futures[future], future.result())
-            finally:
-                # a failed setting stops the grid now, not after the queue
-                pool.shutdown(wait=True, cancel_futures=True)
     finally:
-        if bar is not None:
-            bar.close()
         shutil.rmtree(work_dir, ignore_errors=True)
-        if temporary is not None:
-            temporary.delete()
+    return records, scores
 
-    summary = benchmark_report.summarize_grid(records, scores)
-    config = {
+
+def _run_in_processes(
+    source_name, settings, args, pred_probs, workers, work_dir, collect
+):
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    pool = concurrent.futures.ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(threads,),
+    )
+    try:
+        futures = {
+            pool.submit(
+                run_setting,
+                source_name,
+                *setting,
+                *args,
+                pred_probs=pred_probs,
+                work_dir=work_dir,
+            ): setting
+            for setting in settings
+        }
+        for future in concurrent.futures.as_completed(futures):
+            collect(futures[future], future.result())
+    finally:
+        # a failed setting stops the grid now, not after the queue
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _grid_config(
+    samples,
+    label_field,
+    embeddings_field,
+    types,
+    props,
+    seeds,
+    methods,
+    settings,
+    workers,
+    start,
+):
+    """What was run, where, and how long it took (the report's header)."""
+    return {
         "dataset": samples._dataset.name,
         "samples": len(samples),
         "label field": label_field,
@@ -403,18 +560,18 @@ def run_benchmark(
         "settings": len(settings),
         "workers": workers,
         "wall time": "%.0f s" % (time.perf_counter() - start),
-        "machine": "%s, %d CPU cores" % (platform.machine(),
-                                          os.cpu_count() or 1),
+        "machine": "%s, %d CPU cores"
+        % (platform.machine(), os.cpu_count() or 1),
     }
-    summary.update(config=config, records=records)
-    if output_dir:
-        paths = benchmark_report.write_report(summary, config, output_dir)
-        with open(os.path.join(output_dir, "results.json"), "w") as f:
-            json.dump(runs.to_jsonable(summary), f, indent=1)
-        summary["report"] = paths["report"]
-    if run_key:
-        _save_summary_run(samples, run_key, summary, overwrite)
-    return summary
+
+
+def _write_outputs(summary, config, output_dir):
+    """Writes the report, its plots and ``results.json``; returns the
+    report's path."""
+    paths = benchmark_report.write_report(summary, config, output_dir)
+    with open(os.path.join(output_dir, "results.json"), "w") as f:
+        json.dump(runs.to_jsonable(summary), f, indent=1)
+    return paths["report"]
 
 
 def _describe_features(samples, embeddings_field):
@@ -423,7 +580,10 @@ def _describe_features(samples, embeddings_field):
         return "`%s`" % embeddings_field
     extra = ", %dpx" % info["image_size"] if info.get("image_size") else ""
     return "`%s` (%s, %d dims%s)" % (
-        embeddings_field, info.get("model"), info.get("dim", 0), extra
+        embeddings_field,
+        info.get("model"),
+        info.get("dim", 0),
+        extra,
     )
 
 
@@ -433,19 +593,20 @@ def _save_summary_run(samples, run_key, summary, overwrite):
             raise HardnessError("Run '%s' already exists" % run_key)
         samples.delete_run(run_key)
     config = runs.HardnessBenchmarkConfig(
-        **runs.to_jsonable({
-            k.replace(" ", "_"): v for k, v in summary["config"].items()
-        })
+        **runs.to_jsonable(
+            {k.replace(" ", "_"): v for k, v in summary["config"].items()}
+        )
     )
     samples.register_run(run_key, config)
     results = runs.HardnessBenchmarkResults(
-        samples, config, run_key,
+        samples,
+        config,
+        run_key,
         num_settings=summary["config"]["settings"],
         report=summary.get("report"),
-        **runs.to_jsonable({
-            k: v for k, v in summary.items()
-            if k not in ("config", "report")
-        })
+        **runs.to_jsonable(
+            {k: v for k, v in summary.items() if k not in ("config", "report")}
+        ),
     )
     samples.save_run_results(run_key, results)
 
@@ -462,44 +623,25 @@ def load_demo_source(name="hardness-digits-clean"):
         ):
             return dataset
         dataset.delete()
-    dataset = demo.load_digits_dataset(name=name, noise_rate=0.0,
-                                       overwrite=True)
-    api.compute_embeddings(dataset, embeddings_field="embeddings",
-                           image_size=64)
+    dataset = demo.load_digits_dataset(
+        name=name, noise_rate=0.0, overwrite=True
+    )
+    api.compute_embeddings(
+        dataset, embeddings_field="embeddings", image_size=64
+    )
     return dataset
 
 
 def best_method_lines(summary):
     """One line per method, best mean rank first."""
-    return [
-        "%-22s %.2f" % (m, r["mean"]) for m, r in summary["ranks"].items()
-    ]
+    return ["%-22s %.2f" % (m, r["mean"]) for m, r in summary["ranks"].items()]
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m fiftyone_hardness.benchmarking",
-        description="Inject known hardness into clones of a dataset, score "
-        "them with every method and report which method finds what.",
-    )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--dataset", help="the source dataset's name")
-    source.add_argument("--demo", action="store_true",
-                        help="the built-in digits dataset (clean labels)")
-    parser.add_argument("--label-field", default="ground_truth")
-    parser.add_argument("--embeddings-field", default="embeddings")
-    parser.add_argument("--types", nargs="+", default=list(DEFAULT_TYPES))
-    parser.add_argument("--props", nargs="+", type=float,
-                        default=list(DEFAULT_PROPS))
-    parser.add_argument("--seeds", nargs="+", type=int,
-                        default=list(DEFAULT_SEEDS))
-    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
-    parser.add_argument("--output-dir", default="hardness-benchmark")
-    parser.add_argument("--run-key", default=DEFAULT_RUN_KEY)
-    parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("--workers", type=int, default=1)
+    """``python -m fiftyone_hardness.benchmarking``: runs the grid and
+    prints the ranking."""
+    parser = _parser()
     args = parser.parse_args(argv)
-
     if args.demo:
         dataset = load_demo_source()
     else:
@@ -508,22 +650,64 @@ def main(argv=None):
         dataset = fo.load_dataset(args.dataset)
     try:
         summary = run_benchmark(
-            dataset, types=args.types, props=args.props, seeds=args.seeds,
-            methods=args.methods, label_field=args.label_field,
+            dataset,
+            types=args.types,
+            props=args.props,
+            seeds=args.seeds,
+            methods=args.methods,
+            label_field=args.label_field,
             embeddings_field=args.embeddings_field,
-            output_dir=args.output_dir, run_key=args.run_key,
-            overwrite=args.overwrite, workers=args.workers,
+            output_dir=args.output_dir,
+            run_key=args.run_key,
+            overwrite=args.overwrite,
+            workers=args.workers,
         )
     except HardnessError as e:
         parser.exit(2, "error: %s\n" % e)
+    _print_summary(summary)
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m fiftyone_hardness.benchmarking",
+        description="Inject known hardness into clones of a dataset, score "
+        "them with every method and report which method finds what.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", help="the source dataset's name")
+    source.add_argument(
+        "--demo",
+        action="store_true",
+        help="the built-in digits dataset (clean labels)",
+    )
+    parser.add_argument("--label-field", default="ground_truth")
+    parser.add_argument("--embeddings-field", default="embeddings")
+    parser.add_argument("--types", nargs="+", default=list(DEFAULT_TYPES))
+    parser.add_argument(
+        "--props", nargs="+", type=float, default=list(DEFAULT_PROPS)
+    )
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS)
+    )
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
+    parser.add_argument("--output-dir", default="hardness-benchmark")
+    parser.add_argument("--run-key", default=DEFAULT_RUN_KEY)
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--workers", type=int, default=1)
+    return parser
+
+
+def _print_summary(summary):
     print("\nmean rank by AUROC (1 = best):")
     for line in best_method_lines(summary):
         print("  " + line)
     print("\nbest per hardness type:")
     for t, (m, v) in benchmark_report.best_per_type(summary).items():
         print("  %-14s %-22s AUROC %.3f" % (t, m, v))
-    print("\nreport: %s (%s)" % (summary.get("report"),
-                                 summary["config"]["wall time"]))
+    print(
+        "\nreport: %s (%s)"
+        % (summary.get("report"), summary["config"]["wall time"])
+    )
 
 
 if __name__ == "__main__":

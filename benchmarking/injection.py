@@ -1,6 +1,7 @@
 """
 Inject known hardness into a **clone** of a dataset, for benchmarking
-hardness methods on your own data (see ``../shared/METHODS.md`` section 4).
+hardness methods on your own data (see ``docs/methods.md``
+section 4).
 
 ::
 
@@ -42,17 +43,20 @@ under ``ood_covariate`` cannot change and is not counted).
 import concurrent.futures
 import logging
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
 import fiftyone as fo
 import fiftyone.core.media as fom
 
-from fiftyone_hardness.methods import label_noise
 from fiftyone_hardness.benchmarking import perturbations
 from fiftyone_hardness.dataset_io import data as fhdata
 from fiftyone_hardness.dataset_io import runs
+from fiftyone_hardness.dataset_io.progress import progress_callback
+from fiftyone_hardness.methods import label_noise
 from fiftyone_hardness.methods.base import HardnessError
+from fiftyone_hardness.methods.validation import vectors_to_array
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +161,9 @@ def inject_hardness(
         persistent (False): whether the clone persists across sessions
         overwrite (False): whether to delete an existing dataset ``name``
         num_workers (None): threads for image files (default: up to 4)
-        progress (None): a callable ``(fraction, message)``
+        progress (None): ``True``/``False`` to show/hide a progress bar,
+            None for FiftyOne's default, or a callable
+            ``(fraction, message)``
 
     Returns:
         the new :class:`fiftyone.core.dataset.Dataset`
@@ -167,7 +173,78 @@ def inject_hardness(
             disagreements for ``human``, existing dataset name, ...);
             nothing is created in that case
     """
-    report = progress or (lambda fraction, message="": None)
+    family = _validate_request(
+        samples,
+        hardness,
+        rate,
+        label_field,
+        annotator_field,
+        vector_field,
+        features_field,
+        pred_probs,
+    )
+    with progress_callback(progress, "inject %s" % hardness) as report:
+        name = _free_clone_name(
+            samples,
+            name or default_name(samples, hardness, rate, seed),
+            overwrite,
+        )
+        if family == "image":
+            output_dir = _image_output_dir(output_dir, name)
+        report(0.0, "cloning")
+        clone = _clone(samples, name, persistent)
+        try:
+            report(0.05, "perturbing")
+            if family == "label":
+                details = _inject_labels(
+                    clone,
+                    hardness,
+                    rate,
+                    seed,
+                    label_field,
+                    features_field,
+                    pred_probs,
+                    annotator_field,
+                )
+            elif family == "image":
+                details = _inject_images(
+                    clone,
+                    hardness,
+                    rate,
+                    seed,
+                    output_dir,
+                    far_ood_source,
+                    stale_fields,
+                    num_workers,
+                    report,
+                )
+            else:
+                details = _inject_vectors(
+                    clone, hardness, rate, seed, vector_field
+                )
+            info = _record_truth(clone, hardness, details)
+            _describe_injection(
+                clone, samples, hardness, family, rate, seed, info
+            )
+        except BaseException:
+            clone.delete()
+            raise
+        report(1.0, "%d samples perturbed" % info["num_changed"])
+    return clone
+
+
+def _validate_request(
+    samples,
+    hardness,
+    rate,
+    label_field,
+    annotator_field,
+    vector_field,
+    features_field,
+    pred_probs,
+):
+    """Checks everything before anything is created; returns the family of
+    ``hardness``."""
     families = list_hardness_types()
     if hardness not in families:
         raise HardnessError(
@@ -191,8 +268,12 @@ def inject_hardness(
         features_field,
         pred_probs,
     )
+    return family
 
-    name = name or default_name(samples, hardness, rate, seed)
+
+def _free_clone_name(samples, name, overwrite):
+    """Returns ``name`` after deleting an existing dataset of that name
+    (only with ``overwrite``, and never the source itself)."""
     if fo.dataset_exists(name):
         if not overwrite:
             raise HardnessError(
@@ -202,86 +283,80 @@ def inject_hardness(
         if name == samples._dataset.name:
             raise HardnessError("The clone cannot replace its source")
         fo.delete_dataset(name)
-    if family == "image":
-        output_dir = os.path.abspath(
-            output_dir
-            or os.path.join(
-                fo.config.default_dataset_dir, "hardness-injections", name
-            )
-        )
+    return name
 
-    report(0.0, "cloning")
+
+def _image_output_dir(output_dir, name):
+    return os.path.abspath(
+        output_dir
+        or os.path.join(
+            fo.config.default_dataset_dir, "hardness-injections", name
+        )
+    )
+
+
+def _clone(samples, name, persistent):
+    """Clones ``samples`` without the hardness runs of the unperturbed data
+    and records each sample's source id."""
     source_ids = samples.values("id")
     clone = samples.clone(name, persistent=persistent)
     try:
-        clone_ids = clone.values("id")
-        if len(clone_ids) != len(source_ids):
+        if len(clone) != len(source_ids):
             raise HardnessError("The clone lost samples")  # pragma: no cover
         _drop_stale_runs(samples, clone)
         clone.set_values(SOURCE_ID_FIELD, source_ids)
-        report(0.05, "perturbing")
-        if family == "label":
-            details = _inject_labels(
-                clone,
-                hardness,
-                rate,
-                seed,
-                label_field,
-                features_field,
-                pred_probs,
-                annotator_field,
-            )
-        elif family == "image":
-            details = _inject_images(
-                clone,
-                hardness,
-                rate,
-                seed,
-                output_dir,
-                far_ood_source,
-                stale_fields,
-                num_workers,
-                report,
-            )
-        else:
-            details = _inject_vectors(
-                clone, hardness, rate, seed, vector_field
-            )
-
-        changed_ids = set(details.pop("changed_ids"))
-        reverted_ids = set(details.pop("reverted_ids", []))
-        truth, types = _combine_truth(
-            clone, clone_ids, changed_ids, reverted_ids, hardness
-        )
-        clone.set_values(TRUTH_FIELD, truth)
-        clone.add_sample_field(TYPE_FIELD, fo.StringField)
-        if types:
-            clone.set_values(TYPE_FIELD, types, key_field="id")
-        previous = (clone.info or {}).get(INFO_KEY)
-        info = dict(
-            type=hardness,
-            family=family,
-            rate=rate,
-            seed=seed,
-            source_dataset=samples._dataset.name,
-            num_samples=len(clone_ids),
-            num_changed=len(changed_ids),
-            num_truth=int(sum(truth)),
-            truth_field=TRUTH_FIELD,
-            type_field=TYPE_FIELD,
-        )
-        info.update(details)
-        if reverted_ids:
-            info["num_reverted"] = len(reverted_ids)
-        if previous:
-            info["previous"] = previous
-        clone.info[INFO_KEY] = runs.to_jsonable(info)
-        clone.save()
     except BaseException:
         clone.delete()
         raise
-    report(1.0, "%d samples perturbed" % info["num_changed"])
     return clone
+
+
+def _record_truth(clone, hardness, details):
+    """Writes the truth and type fields of the samples that really changed
+    (combined with an earlier injection's); returns the counts and
+    ``details`` without the id lists, for the description."""
+    clone_ids = clone.values("id")
+    changed_ids = set(details.pop("changed_ids"))
+    reverted_ids = set(details.pop("reverted_ids", []))
+    truth, types = _combine_truth(
+        clone, clone_ids, changed_ids, reverted_ids, hardness
+    )
+    clone.set_values(TRUTH_FIELD, truth)
+    clone.add_sample_field(TYPE_FIELD, fo.StringField)
+    if types:
+        clone.set_values(TYPE_FIELD, types, key_field="id")
+    info = dict(
+        num_samples=len(clone_ids),
+        num_changed=len(changed_ids),
+        num_truth=int(sum(truth)),
+    )
+    info.update(details)
+    if reverted_ids:
+        info["num_reverted"] = len(reverted_ids)
+    return info
+
+
+def _describe_injection(clone, samples, hardness, family, rate, seed, info):
+    """Stores the description in ``clone.info[INFO_KEY]``, keeping an
+    earlier injection's under ``"previous"``."""
+    previous = (clone.info or {}).get(INFO_KEY)
+    description = dict(
+        type=hardness,
+        family=family,
+        rate=rate,
+        seed=seed,
+        source_dataset=samples._dataset.name,
+        num_samples=info["num_samples"],
+        num_changed=info["num_changed"],
+        num_truth=info["num_truth"],
+        truth_field=TRUTH_FIELD,
+        type_field=TYPE_FIELD,
+    )
+    description.update(info)
+    if previous:
+        description["previous"] = previous
+    clone.info[INFO_KEY] = runs.to_jsonable(description)
+    clone.save()
 
 
 def _combine_truth(clone, clone_ids, changed_ids, reverted_ids, hardness):
@@ -398,6 +473,55 @@ def _inject_labels(
     pred_probs,
     annotator_field,
 ):
+    labelled = _labelled_samples(clone, hardness, label_field, annotator_field)
+    details = {"label_field": label_field, "num_eligible": len(labelled.y)}
+    if hardness == "human":
+        noisy, mask = label_noise.inject_human_noise(
+            labelled.y, labelled.y_other, rate=rate, seed=seed
+        )
+        details["annotator_field"] = annotator_field
+        details["num_disagreeing"] = int(
+            np.sum((labelled.y_other >= 0) & (labelled.y_other != labelled.y))
+        )
+    else:
+        probs = _clean_model_probs(
+            clone, hardness, seed, labelled, features_field, pred_probs
+        )
+        if probs is not None and pred_probs is None:
+            details["features_field"] = features_field
+        noisy, mask = label_noise.inject_label_noise(
+            labelled.y,
+            len(labelled.classes),
+            rate,
+            kind=hardness,
+            seed=seed,
+            pred_probs=probs,
+        )
+
+    reverted = _write_label_changes(clone, label_field, labelled, noisy, mask)
+    details["num_chosen"] = (
+        int(mask.sum()) if rate is None else int(round(rate * len(mask)))
+    )
+    details["changed_ids"] = labelled.ids[mask].tolist()
+    details["reverted_ids"] = labelled.ids[reverted].tolist()
+    return details
+
+
+@dataclass
+class _Labelled:
+    """The labelled samples of a clone as arrays: ``ids``, ``keep`` (which
+    samples of the clone have a label), ``classes``, ``y`` (class indices)
+    and, for ``human`` noise, ``y_other`` (the second annotator's, -1 where
+    it has none)."""
+
+    ids: np.ndarray
+    keep: np.ndarray
+    classes: list
+    y: np.ndarray
+    y_other: np.ndarray = None
+
+
+def _labelled_samples(clone, hardness, label_field, annotator_field):
     ids, labels = clone.values(["id", label_field + ".label"])
     keep = np.array([label is not None for label in labels], dtype=bool)
     if not keep.any():
@@ -415,52 +539,54 @@ def _inject_labels(
     )
     index = {c: i for i, c in enumerate(classes)}
     y = np.array([index[label] for label in labels], dtype=int)
-
-    details = {"label_field": label_field, "num_eligible": len(y)}
-    if hardness == "human":
+    y_other = None
+    if other is not None:
         y_other = np.array(
             [index[o] if o is not None else -1 for o in other], dtype=int
         )
-        noisy, mask = label_noise.inject_human_noise(
-            y, y_other, rate=rate, seed=seed
-        )
-        details["annotator_field"] = annotator_field
-        details["num_disagreeing"] = int(
-            np.sum((y_other >= 0) & (y_other != y))
-        )
-    else:
-        probs = None
-        if hardness in ("confidence", "instance"):
-            if pred_probs is not None:
-                probs = np.asarray(pred_probs, dtype=float)
-                if probs.shape != (len(y), len(classes)):
-                    raise HardnessError(
-                        "pred_probs must have shape (%d, %d) (labelled "
-                        "samples x classes %s), got %s"
-                        % (len(y), len(classes), classes, probs.shape)
-                    )
-            else:
-                from fiftyone_hardness.methods.validation import vectors_to_array
+    return _Labelled(ids, keep, classes, y, y_other)
 
-                values = clone.values(features_field)
-                values = [v for v, k in zip(values, keep) if k]
-                X = vectors_to_array(values, ids, features_field)
-                probs = label_noise.clean_model_pred_probs(
-                    X, y, len(classes), seed=seed
-                )
-                details["features_field"] = features_field
-        noisy, mask = label_noise.inject_label_noise(
-            y, len(classes), rate, kind=hardness, seed=seed, pred_probs=probs
-        )
 
-    names = np.asarray(classes, dtype=object)
-    changed = ids[mask]
-    reverted = np.zeros(len(y), dtype=bool)
+def _clean_model_probs(
+    clone, hardness, seed, labelled, features_field, pred_probs
+):
+    """The clean model's out-of-sample probabilities that ``confidence`` and
+    ``instance`` noise need (given, or fitted on ``features_field``); None
+    for the other kinds."""
+    if hardness not in ("confidence", "instance"):
+        return None
+    num_classes = len(labelled.classes)
+    if pred_probs is not None:
+        probs = np.asarray(pred_probs, dtype=float)
+        if probs.shape != (len(labelled.y), num_classes):
+            raise HardnessError(
+                "pred_probs must have shape (%d, %d) (labelled "
+                "samples x classes %s), got %s"
+                % (len(labelled.y), num_classes, labelled.classes, probs.shape)
+            )
+        return probs
+    values = clone.values(features_field)
+    values = [v for v, k in zip(values, labelled.keep) if k]
+    X = vectors_to_array(values, labelled.ids, features_field)
+    return label_noise.clean_model_pred_probs(
+        X, labelled.y, num_classes, seed=seed
+    )
+
+
+def _write_label_changes(clone, label_field, labelled, noisy, mask):
+    """Writes the new labels of the chosen samples and keeps each one's
+    earliest original label. Returns the mask of the samples whose label
+    went back to its original (a perturbed clone of a perturbed clone)."""
+    ids = labelled.ids
+    names = np.asarray(labelled.classes, dtype=object)
+    reverted = np.zeros(len(labelled.y), dtype=bool)
     if clone.has_field(ORIGINAL_LABEL_FIELD):
         # a perturbed clone of a perturbed clone: keep the earliest label,
         # and notice labels flipped back to it
         earlier = [
-            v for v, k in zip(clone.values(ORIGINAL_LABEL_FIELD), keep) if k
+            v
+            for v, k in zip(clone.values(ORIGINAL_LABEL_FIELD), labelled.keep)
+            if k
         ]
         fresh = mask & np.array([v is None for v in earlier], dtype=bool)
         reverted = mask & np.array(
@@ -473,7 +599,7 @@ def _inject_labels(
     if fresh.any():
         clone.set_values(
             ORIGINAL_LABEL_FIELD,
-            dict(zip(ids[fresh].tolist(), names[y[fresh]].tolist())),
+            dict(zip(ids[fresh].tolist(), names[labelled.y[fresh]].tolist())),
             key_field="id",
         )
     if reverted.any():
@@ -482,18 +608,14 @@ def _inject_labels(
             {i: None for i in ids[reverted].tolist()},
             key_field="id",
         )
+    changed = ids[mask]
     if len(changed):
         clone.set_values(
             label_field + ".label",
             dict(zip(changed.tolist(), names[noisy[mask]].tolist())),
             key_field="id",
         )
-    details["num_chosen"] = (
-        int(mask.sum()) if rate is None else int(round(rate * len(y)))
-    )
-    details["changed_ids"] = changed.tolist()
-    details["reverted_ids"] = ids[reverted].tolist()
-    return details
+    return reverted
 
 
 def _inject_images(
@@ -638,8 +760,6 @@ def _perturb_file(src, dst, hardness, rng, replacement):
 
 
 def _inject_vectors(clone, hardness, rate, seed, vector_field):
-    from fiftyone_hardness.methods.validation import vectors_to_array
-
     ids, values = clone.values(["id", vector_field])
     keep = [i for i, v in enumerate(values) if v is not None]
     if not keep:

@@ -1,6 +1,6 @@
 """
 Evaluation of hardness scores against known hardness (see
-``../shared/METHODS.md`` section 5), on arrays.
+``docs/methods.md`` section 5), on arrays.
 
 The perturbed (known hard / mislabeled) samples are the **positive** class,
 and scores are oriented higher = harder, as every method in this package

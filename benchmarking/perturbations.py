@@ -1,6 +1,6 @@
 """
 Known hardness on arrays: image and feature perturbations for the benchmark
-(see ``../shared/METHODS.md`` section 4). Label perturbations live in
+(see ``docs/methods.md`` section 4). Label perturbations live in
 :mod:`fiftyone_hardness.methods.label_noise`.
 
 Every function here is pure numpy (plus OpenCV / PIL for resampling), seeded

@@ -38,7 +38,7 @@ FAMILIES = {
     "atypical": "atypical",
 }
 
-#: pairs of types that METHODS.md section 4 defines as one injection
+#: pairs of types that docs/methods.md section 4 defines as one injection
 SAME_INJECTION = [
     ("uniform", "symmetric", "a random different class"),
     ("instance", "confidence", "the most likely wrong class of a clean model"),
@@ -158,43 +158,21 @@ def summarize_grid(records, scores=None):
     ranks, family_ranks = mean_ranks(records)
     methods = list(ranks)
     types = _ordered(r["hardness"] for r in records)
-
-    def nested(metric):
-        table = mean_table(records, metric)
-        return {
-            m: {
-                t: table[(m, t)]["mean"]
-                for t in types
-                if (m, t) in table and table[(m, t)]["mean"] is not None
-            }
-            for m in methods
-        }
-
-    by_rate = mean_table(records, "auroc", by=("method", "hardness", "rate"))
-    auroc_by_rate = collections.defaultdict(lambda: collections.defaultdict(dict))
-    for (m, t, rate), value in by_rate.items():
-        auroc_by_rate[m][t][str(rate)] = value["mean"]
     # a noise-rate estimate targets label noise: judge it on those types
     labels_only = [
         r for r in records if FAMILIES.get(r["hardness"]) == "mislabeling"
     ]
-    table = mean_table(labels_only, "noise_rate_abs_error")
-    errors = {
-        m: {
-            t: table[(m, t)]["mean"]
-            for t in types
-            if (m, t) in table and table[(m, t)]["mean"] is not None
-        }
-        for m in methods
-    }
+    errors = _by_method_and_type(
+        labels_only, "noise_rate_abs_error", methods, types
+    )
     seconds = mean_table(records, "seconds", by=("method",))
     out = {
         "methods": methods,
         "types": types,
-        "auroc": nested("auroc"),
-        "auprc": nested("auprc"),
-        "f1": nested("f1"),
-        "auroc_by_rate": {m: dict(v) for m, v in auroc_by_rate.items()},
+        "auroc": _by_method_and_type(records, "auroc", methods, types),
+        "auprc": _by_method_and_type(records, "auprc", methods, types),
+        "f1": _by_method_and_type(records, "f1", methods, types),
+        "auroc_by_rate": _auroc_by_rate(records),
         "ranks": ranks,
         "family_ranks": family_ranks,
         "noise_rate_abs_error": {m: v for m, v in errors.items() if v},
@@ -207,6 +185,29 @@ def summarize_grid(records, scores=None):
             for m in methods
         }
     return out
+
+
+def _by_method_and_type(records, metric, methods, types):
+    """``{method: {type: mean of metric}}``, leaving out missing means."""
+    table = mean_table(records, metric)
+    return {
+        m: {
+            t: table[(m, t)]["mean"]
+            for t in types
+            if (m, t) in table and table[(m, t)]["mean"] is not None
+        }
+        for m in methods
+    }
+
+
+def _auroc_by_rate(records):
+    """``{method: {type: {rate: mean AUROC}}}``, rates as strings (JSON
+    keys)."""
+    by_rate = mean_table(records, "auroc", by=("method", "hardness", "rate"))
+    out = collections.defaultdict(lambda: collections.defaultdict(dict))
+    for (m, t, rate), value in by_rate.items():
+        out[m][t][str(rate)] = value["mean"]
+    return {m: dict(v) for m, v in out.items()}
 
 
 def _cell(value, fmt="%.3f"):
@@ -256,11 +257,26 @@ def markdown_report(summary, config, plots=None):
             methods, features, wall time, machine)
         plots (None): a dict ``title -> relative PNG path`` to embed
     """
+    lines = _header_section(config)
+    lines += _rank_section(summary)
+    lines += _best_section(summary)
+    lines += _metric_sections(summary)
+    lines += _noise_rate_section(summary)
+    lines += _stability_section(summary)
+    lines += _time_section(summary)
+    for title, path in (plots or {}).items():
+        lines += ["", "## " + title, "", "![%s](%s)" % (title, path)]
+    return "\n".join(lines) + "\n"
+
+
+def _header_section(config):
+    """The title, how to read the figures, and the grid that was run."""
     lines = [
         "# Hardness benchmark: %s" % config.get("dataset", ""),
         "",
         "Known hardness was injected into clones of the dataset "
-        "(`fiftyone_hardness.benchmarking.injection`) and every method scored each clone; "
+        "(`fiftyone_hardness.benchmarking.injection`) and every method "
+        "scored each clone; "
         "perturbed samples are the positives and every score is oriented "
         "higher = harder, so 0.5 AUROC is chance and below 0.5 means the "
         "method ranks the injected samples as *easier* than the rest.",
@@ -272,14 +288,20 @@ def markdown_report(summary, config, plots=None):
         if isinstance(value, (list, tuple)):
             value = ", ".join(str(v) for v in value)
         lines.append("| %s | %s |" % (key, value))
-    lines += ["", "## Mean rank (AUROC, 1 = best, over every setting)", ""]
+    return lines
+
+
+def _rank_section(summary):
+    """Mean ranks, overall and per family of hardness types."""
+    lines = ["", "## Mean rank (AUROC, 1 = best, over every setting)", ""]
     families = {}
     for t in summary["types"]:
         families.setdefault(FAMILIES.get(t, "other"), []).append(t)
     lines += [
         "Families: "
         + "; ".join(
-            "%s = %s" % (f, ", ".join(ts)) for f, ts in sorted(families.items())
+            "%s = %s" % (f, ", ".join(ts))
+            for f, ts in sorted(families.items())
         )
         + ".",
         "",
@@ -298,68 +320,83 @@ def markdown_report(summary, config, plots=None):
             ),
             "",
         ]
-    lines += ["| method | mean rank | " + " | ".join(
-        sorted(summary["family_ranks"])) + " |"]
-    lines += ["|---|---|" + "---|" * len(summary["family_ranks"])]
+    family_names = sorted(summary["family_ranks"])
+    lines += ["| method | mean rank | " + " | ".join(family_names) + " |"]
+    lines += ["|---|---|" + "---|" * len(family_names)]
     for m, r in summary["ranks"].items():
         fam = [
             _cell(summary["family_ranks"][f].get(m), "%.1f")
-            for f in sorted(summary["family_ranks"])
+            for f in family_names
         ]
-        lines.append(
-            "| %s | %.2f | %s |" % (m, r["mean"], " | ".join(fam))
-        )
-    lines += ["", "## Best method per hardness type (AUROC)", ""]
+        lines.append("| %s | %.2f | %s |" % (m, r["mean"], " | ".join(fam)))
+    return lines
+
+
+def _best_section(summary):
+    lines = ["", "## Best method per hardness type (AUROC)", ""]
     for t, (m, value) in best_per_type(summary).items():
         lines.append("- **%s**: %s (%.3f)" % (t, m, value))
+    return lines
+
+
+def _metric_sections(summary):
+    """One table (method x hardness type) per metric."""
     sections = [
         ("AUROC (mean over rates and seeds)", "auroc", "%.3f"),
         ("AUPRC", "auprc", "%.3f"),
         ("F1 of each method's own flags", "f1", "%.3f"),
     ]
+    lines = []
     for title, metric, fmt in sections:
         lines += ["", "## " + title, "", _table(summary, metric, fmt)]
-    if summary.get("noise_rate_abs_error"):
-        lines += [
-            "",
-            "## Noise-rate estimate: mean absolute error",
-            "",
-            "Only methods that estimate a noise rate, on the mislabeling "
-            "types; the truth is the injected fraction.",
-            "",
-            _table(
-                dict(
-                    summary,
-                    methods=list(summary["noise_rate_abs_error"]),
-                ),
-                "noise_rate_abs_error",
-            ),
-        ]
-    if summary.get("stability"):
-        lines += [
-            "",
-            "## Stability across seeds",
-            "",
-            "Mean pairwise Spearman correlation of the scores of clones "
-            "made with different injection seeds, over the samples they "
-            "share (different samples are perturbed in each, so this is the "
-            "stability of the whole pipeline).",
-            "",
-            _table(summary, "stability"),
-        ]
-    lines += ["", "## Time per run (s, mean over settings)", ""]
+    return lines
+
+
+def _noise_rate_section(summary):
+    if not summary.get("noise_rate_abs_error"):
+        return []
+    return [
+        "",
+        "## Noise-rate estimate: mean absolute error",
+        "",
+        "Only methods that estimate a noise rate, on the mislabeling "
+        "types; the truth is the injected fraction.",
+        "",
+        _table(
+            dict(summary, methods=list(summary["noise_rate_abs_error"])),
+            "noise_rate_abs_error",
+        ),
+    ]
+
+
+def _stability_section(summary):
+    if not summary.get("stability"):
+        return []
+    return [
+        "",
+        "## Stability across seeds",
+        "",
+        "Mean pairwise Spearman correlation of the scores of clones "
+        "made with different injection seeds, over the samples they "
+        "share (different samples are perturbed in each, so this is the "
+        "stability of the whole pipeline).",
+        "",
+        _table(summary, "stability"),
+    ]
+
+
+def _time_section(summary):
+    lines = ["", "## Time per run (s, mean over settings)", ""]
     lines += ["| method | seconds |", "|---|---|"]
     for m in summary["methods"]:
-        lines.append("| %s | %s |" % (m, _cell(summary["seconds"].get(m),
-                                              "%.1f")))
+        seconds = _cell(summary["seconds"].get(m), "%.1f")
+        lines.append("| %s | %s |" % (m, seconds))
     lines.append("")
     lines.append(
         "Methods of one `dynamics` run share one training run, so they show "
         "its time."
     )
-    for title, path in (plots or {}).items():
-        lines += ["", "## " + title, "", "![%s](%s)" % (title, path)]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def plot_heatmap(summary, path, metric="auroc"):
@@ -379,15 +416,20 @@ def plot_heatmap(summary, path, metric="auroc"):
     fig, ax = plt.subplots(
         figsize=(1.0 + 0.75 * len(types), 1.0 + 0.38 * len(methods))
     )
-    image = ax.imshow(values, cmap="RdYlGn", vmin=0.0, vmax=1.0,
-                      aspect="auto")
+    image = ax.imshow(values, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
     ax.set_xticks(range(len(types)), types, rotation=40, ha="right")
     ax.set_yticks(range(len(methods)), methods)
     for i in range(len(methods)):
         for j in range(len(types)):
             if np.isfinite(values[i, j]):
-                ax.text(j, i, "%.2f" % values[i, j], ha="center",
-                        va="center", fontsize=7)
+                ax.text(
+                    j,
+                    i,
+                    "%.2f" % values[i, j],
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                )
     fig.colorbar(image, ax=ax, label=metric.upper())
     ax.set_title("%s by method and hardness type" % metric.upper())
     fig.tight_layout()
@@ -407,8 +449,7 @@ def plot_ranks(summary, path):
     means = [summary["ranks"][m]["mean"] for m in methods]
     stds = [summary["ranks"][m]["std"] for m in methods]
     fig, ax = plt.subplots(figsize=(7, 0.9 + 0.32 * len(methods)))
-    ax.barh(range(len(methods)), means, xerr=stds, color="#4c72b0",
-            alpha=0.85)
+    ax.barh(range(len(methods)), means, xerr=stds, color="#4c72b0", alpha=0.85)
     ax.set_yticks(range(len(methods)), methods)
     ax.invert_yaxis()
     ax.set_xlabel("mean rank by AUROC over settings (1 = best)")
@@ -423,8 +464,9 @@ def write_report(summary, config, output_dir):
     """Writes ``report.md``, ``auroc_heatmap.png`` and ``ranks.png`` into
     ``output_dir`` and returns their paths."""
     os.makedirs(output_dir, exist_ok=True)
-    heatmap = plot_heatmap(summary, os.path.join(output_dir,
-                                                 "auroc_heatmap.png"))
+    heatmap = plot_heatmap(
+        summary, os.path.join(output_dir, "auroc_heatmap.png")
+    )
     ranks = plot_ranks(summary, os.path.join(output_dir, "ranks.png"))
     plots = {
         "AUROC heatmap": os.path.basename(heatmap),

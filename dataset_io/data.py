@@ -12,6 +12,7 @@ import numpy as np
 
 import fiftyone as fo
 
+from fiftyone_hardness.dataset_io.run_views import member_scores_loader
 from fiftyone_hardness.methods.base import HardnessError, LabeledData
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,22 @@ def validate_label_field(samples, label_field):
         if classification_fields
         else "this dataset has no fo.Classification field"
     )
+    if label_field.startswith(samples._FRAMES_PREFIX) or (
+        "." in label_field
+    ):
+        raise HardnessError(
+            "'%s' is a %s field; hardness methods score top-level "
+            "fo.Classification fields of samples. Copy the labels into a "
+            "top-level field first (e.g. dataset.clone_sample_field or "
+            "set_values); %s"
+            % (
+                label_field,
+                "frame"
+                if label_field.startswith(samples._FRAMES_PREFIX)
+                else "nested",
+                hint,
+            )
+        )
     if label_field not in schema:
         raise HardnessError(
             "Dataset '%s' has no field '%s'; %s"
@@ -96,6 +113,7 @@ def load_labeled_data(samples, label_field, progress=None):
         load_values=load_values,
         progress=progress or (lambda fraction, message="": None),
         load_classes=lambda field: declared_classes(samples, field),
+        load_scores=member_scores_loader(samples, load_values),
     )
 
 

@@ -4,7 +4,12 @@ histograms, flagged-sample tables, agreement matrices and the views that the
 Hardness panel and the run-management operators show.
 
 Nothing here computes a hardness score: it reads the fields and results that
-a run stored (:mod:`fiftyone_hardness.dataset_io.runs`) and aggregates them.
+a run stored through the run schema
+(:meth:`fiftyone_hardness.dataset_io.runs.HardnessRunResults.scores`) and
+aggregates them; no field name is parsed. A function that shows one score
+of a run takes ``score``: a
+:class:`~fiftyone_hardness.dataset_io.runs.RunScore` or a score name (None
+for the run's default score).
 """
 
 import logging
@@ -15,7 +20,11 @@ import numpy as np
 from fiftyone import ViewField as F
 
 from fiftyone_hardness.methods.base import HardnessError
-from fiftyone_hardness.dataset_io.runs import list_hardness_runs
+from fiftyone_hardness.dataset_io.runs import (
+    RunScore,
+    list_hardness_runs,
+    run_scores,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -69,67 +78,53 @@ def load_results(samples, run_key, check=True):
         return samples.load_run_results(run_key, cache=False)
 
 
-def score_fields(results):
-    """Returns the score fields (``*_score``) a run wrote, main one first."""
-    fields = [f for f in (results.fields or []) if f.endswith("_score")]
-    main = "%s_score" % results.key
-    if main in fields:
-        fields.remove(main)
-        fields.insert(0, main)
-    return fields
+def as_score(results, score=None):
+    """Returns the :class:`~fiftyone_hardness.dataset_io.runs.RunScore` of
+    the run's schema that ``score`` names: a ``RunScore``, a score name
+    (see :meth:`HardnessRunResults.scores`), or None for the default one.
+
+    Raises:
+        HardnessError: the run has no such score, or no score at all
+    """
+    if isinstance(score, RunScore):
+        return score
+    return results.score(score)
 
 
 def default_score_field(results):
     """Returns the run's main score field, or None when it wrote none."""
-    fields = score_fields(results)
-    return fields[0] if fields else None
+    scores = results.scores()
+    return scores[0].score_field if scores else None
 
 
-def _prefix(score_field):
-    return score_field[: -len("_score")]
+def threshold_for(results, score=None, samples=None):
+    """Returns the decision threshold of a score of the run in score units,
+    or None.
 
+    The threshold the run stored for the score (see
+    :class:`~fiftyone_hardness.dataset_io.runs.RunScore`) is used when it
+    agrees with the flags. Otherwise, when ``samples`` is given and the
+    flags are exactly the scores above some value, the midpoint between the
+    lowest flagged and the highest unflagged score. Flags that are not a
+    score threshold (e.g. Data-IQ's groups) give None. A run's main score
+    keeps its stored threshold as is.
 
-def companion_field(results, score_field, suffix):
-    """Returns the field ``{prefix}_{suffix}`` written next to
-    ``score_field`` (e.g. its ``flag`` or ``pred``), or None."""
-    name = "%s_%s" % (_prefix(score_field), suffix)
-    return name if name in (results.fields or []) else None
-
-
-def threshold_for(results, score_field, samples=None):
-    """Returns the decision threshold of ``score_field`` in score units, or
-    None.
-
-    The run's ``threshold`` belongs to its main score field. For the other
-    score fields of a run (e.g. those of ``dynamics``), a threshold that the
-    method stored per sub-method (``results.thresholds[m]`` or
-    ``results.methods[m]["threshold"]``) is used when it agrees with the
-    flags; otherwise, when ``samples`` is given and the flags are exactly
-    the scores above some value, the midpoint between the lowest flagged and
-    the highest unflagged score. Flags that are not a score threshold (e.g.
-    Data-IQ's groups) give None.
+    Args:
+        results: the run's results
+        score (None): a ``RunScore`` or a score name; the default score
+        samples (None): the collection, to check the flags against
     """
-    if score_field == "%s_score" % results.key:
-        value = getattr(results, "threshold", None)
-        return float(value) if _is_number(value) else None
-    method = _prefix(score_field)[len(results.key) + 1 :]
-    stored = None
-    thresholds = getattr(results, "thresholds", None)
-    methods = getattr(results, "methods", None)
-    if isinstance(thresholds, dict) and _is_number(thresholds.get(method)):
-        stored = float(thresholds[method])
-    elif isinstance(methods, dict) and isinstance(methods.get(method), dict):
-        value = methods[method].get("threshold")
-        stored = float(value) if _is_number(value) else None
-    flag_field = companion_field(results, score_field, "flag")
-    if samples is None or flag_field is None:
+    score = as_score(results, score)
+    stored = score.threshold
+    if score.main:
         return stored
-    lowest_flagged = samples.match(F(flag_field) == True).min(  # noqa: E712
-        score_field
+    if samples is None or score.flag_field is None:
+        return stored
+    field, flag = score.score_field, score.flag_field
+    lowest_flagged = samples.match(F(flag) == True).min(field)  # noqa: E712
+    highest_unflagged = samples.match(F(flag) == False).max(  # noqa: E712
+        field
     )
-    highest_unflagged = samples.match(
-        F(flag_field) == False  # noqa: E712
-    ).max(score_field)
     if lowest_flagged is None or highest_unflagged is None:
         return stored
     if lowest_flagged < highest_unflagged:
@@ -139,22 +134,14 @@ def threshold_for(results, score_field, samples=None):
     return (lowest_flagged + highest_unflagged) / 2.0
 
 
-def _is_number(value):
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and np.isfinite(value)
-    )
-
-
-def run_figures(results, score_field=None, samples=None):
+def run_figures(results, score=None, samples=None):
     """Returns the dataset-level figures of a run as ``[(label, value)]``,
     only those the run has, numbers rounded for display.
 
-    For a secondary score field of a multi-score run (e.g. one method of
-    ``dynamics``), the figures of that score follow: its name, how many
-    samples its flag marks (counted in ``samples`` when given) and the
-    noise rate the method stored for it, if any.
+    For a sub-method's score of a multi-score run (e.g. one method of
+    ``dynamics``), the figures of that score follow: its field, how many
+    samples its flag marks (counted in ``samples`` when given) and its own
+    noise-rate estimate, if any.
     """
     figures = []
     for name, label in FIGURES:
@@ -162,18 +149,19 @@ def run_figures(results, score_field=None, samples=None):
         if value is None:
             continue
         figures.append((label, _display(value)))
-    if score_field and score_field != "%s_score" % results.key:
-        method = _prefix(score_field)[len(results.key) + 1 :]
-        figures.append(("Score", score_field))
-        flag_field = companion_field(results, score_field, "flag")
-        if flag_field is not None and samples is not None:
-            flagged = samples.count_values(flag_field).get(True, 0)
-            figures.append(("Flagged by this score", flagged))
-        methods = getattr(results, "methods", None)
-        if isinstance(methods, dict) and isinstance(methods.get(method), dict):
-            rate = methods[method].get("noise_rate")
-            if _is_number(rate):
-                figures.append(("Noise rate by this score", _display(rate)))
+    if score is None:
+        return figures
+    score = as_score(results, score)
+    if score.main:
+        return figures
+    figures.append(("Score", score.score_field))
+    if score.flag_field is not None and samples is not None:
+        flagged = samples.count_values(score.flag_field).get(True, 0)
+        figures.append(("Flagged by this score", flagged))
+    if score.noise_rate is not None:
+        figures.append(
+            ("Noise rate by this score", _display(score.noise_rate))
+        )
     return figures
 
 
@@ -181,31 +169,26 @@ def _display(value):
     return round(value, 4) if isinstance(value, float) else value
 
 
-def class_difficulty(samples, results, score_field=None, max_classes=100):
+def class_difficulty(samples, results, score=None, max_classes=100):
     """Returns the per-class mean score, hardest first.
 
-    For the run's main score field this is the run's stored
-    ``class_scores`` (for RER, ``class_chis``); for other score fields of the
-    run it is aggregated from the field.
+    These are the class scores the run stored for the score (for RER's main
+    score, ``class_chis``), else they are aggregated from its field.
 
     Args:
         samples: the collection the run is on
         results: the run's results
-        score_field (None): the score field; the run's main one by default
+        score (None): a ``RunScore`` or a score name; the default score
         max_classes (100): return at most this many (the hardest) classes
 
     Returns:
         a list of ``(class, mean score)``, hardest first
     """
-    score_field = score_field or default_score_field(results)
-    scores = None
-    if score_field == "%s_score" % results.key:
-        scores = getattr(results, "class_scores", None) or getattr(
-            results, "class_chis", None
-        )
-    if not scores and score_field:
-        labels, values = samples.exists(score_field).values(
-            [results.label_field + ".label", score_field]
+    score = as_score(results, score)
+    scores = score.class_scores
+    if not scores:
+        labels, values = samples.exists(score.score_field).values(
+            [results.label_field + ".label", score.score_field]
         )
         sums, counts = {}, {}
         for label, value in zip(labels, values):
@@ -234,29 +217,38 @@ def score_histogram(samples, score_field, bins=40):
     return [int(c) for c in counts], [float(e) for e in edges]
 
 
-def flagged_view(samples, results, score_field=None):
-    """Returns the samples the run flagged for ``score_field``, hardest
-    first. Without a flag field, the samples above the threshold; without
-    either, every scored sample."""
-    score_field = score_field or default_score_field(results)
-    if score_field is None:
-        raise HardnessError("Run '%s' wrote no score field" % results.key)
-    flag_field = companion_field(results, score_field, "flag")
-    if flag_field is not None:
-        view = samples.match(F(flag_field) == True)  # noqa: E712
+def flagged_view(samples, results, score=None):
+    """Returns the samples the run flagged for a score, hardest first.
+    Without a flag field, the samples above the threshold; without either,
+    every scored sample.
+
+    Args:
+        samples: the collection the run is on
+        results: the run's results
+        score (None): a ``RunScore`` or a score name; the default score
+    """
+    score = as_score(results, score)
+    if score.flag_field is not None:
+        view = samples.match(F(score.flag_field) == True)  # noqa: E712
     else:
-        threshold = threshold_for(results, score_field, samples)
-        view = samples.exists(score_field)
+        threshold = threshold_for(results, score, samples)
+        view = samples.exists(score.score_field)
         if threshold is not None:
-            view = view.match(F(score_field) > threshold)
-    return view.sort_by(score_field, reverse=True)
+            view = view.match(F(score.score_field) > threshold)
+    return view.sort_by(score.score_field, reverse=True)
 
 
-def class_view(samples, results, label, score_field=None):
+def scored_view(samples, results, score=None):
+    """Returns every sample that has a score, hardest first."""
+    field = as_score(results, score).score_field
+    return samples.exists(field).sort_by(field, reverse=True)
+
+
+def class_view(samples, results, label, score=None):
     """Returns the scored samples labelled ``label``, hardest first."""
-    score_field = score_field or default_score_field(results)
+    field = as_score(results, score).score_field
     view = samples.match(F(results.label_field + ".label") == label)
-    return view.exists(score_field).sort_by(score_field, reverse=True)
+    return view.exists(field).sort_by(field, reverse=True)
 
 
 def score_range_view(samples, score_field, lo, hi):
@@ -266,15 +258,15 @@ def score_range_view(samples, score_field, lo, hi):
     return view.sort_by(score_field, reverse=True)
 
 
-def flagged_rows(samples, results, score_field=None, limit=None):
+def flagged_rows(samples, results, score=None, limit=None):
     """Returns the ``limit`` (default :data:`TABLE_ROWS`) hardest flagged
     samples as table rows: dicts with ``id``, ``label``, ``predicted`` (or
     None) and ``score``."""
-    score_field = score_field or default_score_field(results)
+    score = as_score(results, score)
     limit = TABLE_ROWS if limit is None else limit
-    view = flagged_view(samples, results, score_field).limit(limit)
-    pred_field = companion_field(results, score_field, "pred")
-    paths = ["id", results.label_field + ".label", score_field]
+    view = flagged_view(samples, results, score).limit(limit)
+    pred_field = score.companion("pred")
+    paths = ["id", results.label_field + ".label", score.score_field]
     if pred_field is not None:
         paths.append(pred_field)
     values = view.values(paths)
@@ -284,33 +276,35 @@ def flagged_rows(samples, results, score_field=None, limit=None):
             "id": i,
             "label": label,
             "predicted": None if pred is None else str(pred),
-            "score": None if score is None else round(float(score), 4),
+            "score": None if value is None else round(float(value), 4),
         }
-        for i, label, score, pred in zip(
+        for i, label, value, pred in zip(
             values[0], values[1], values[2], preds
         )
     ]
 
 
-def flagged_view_name(results, score_field=None):
+def flagged_view_name(results, score=None):
     """Returns the saved-view name for a run's flagged samples:
-    ``{run_key}-flagged`` (``{field prefix}-flagged`` for a secondary score
-    field of the run)."""
-    score_field = score_field or default_score_field(results)
-    if score_field is None or score_field == "%s_score" % results.key:
+    ``{run_key}-flagged`` (``{run_key}_{name}-flagged`` for a sub-method's
+    score)."""
+    if not results.scores():
         return "%s-flagged" % results.key
-    return "%s-flagged" % _prefix(score_field)
+    score = as_score(results, score)
+    if score.main:
+        return "%s-flagged" % results.key
+    return "%s_%s-flagged" % (results.key, score.name)
 
 
-def save_flagged_view(samples, results, score_field=None, name=None):
+def save_flagged_view(samples, results, score=None, name=None):
     """Saves the run's flagged samples, hardest first, as a saved view of
     the dataset (overwriting one of the same name).
 
     Returns:
         the saved view's name
     """
-    name = name or flagged_view_name(results, score_field)
-    view = flagged_view(samples, results, score_field)
+    name = name or flagged_view_name(results, score)
+    view = flagged_view(samples, results, score)
     samples._dataset.save_view(
         name,
         view,
@@ -322,19 +316,90 @@ def save_flagged_view(samples, results, score_field=None, name=None):
 
 
 def agreement_series(samples, run_keys=None):
-    """Returns ``[(name, score field)]`` for every score field of the given
-    hardness runs (all of them by default). Single-score runs are named by
-    their key, the scores of multi-score runs by their field prefix."""
+    """Returns ``[(name, score field)]`` for every score of the given
+    hardness runs (all of them by default), named by their consensus
+    member name: ``run_key``, or ``run_key.method`` for the scores of a
+    multi-score run."""
     if run_keys is None:
         run_keys = list_hardness_runs(samples)
     series = []
     for key in run_keys:
         results = load_results(samples, key, check=False)
-        fields = score_fields(results)
-        for field in fields:
-            name = key if len(fields) == 1 else _prefix(field)
-            series.append((name, field))
+        for score in results.scores():
+            series.append((score.member, score.score_field))
     return series
+
+
+def score_members(samples):
+    """Returns the consensus members of ``samples``' hardness runs, read
+    from the run schema: a dict ``member -> (label, [RunScore, ...])``.
+
+    A run's main score is the member ``run_key``; each sub-method's score
+    is ``run_key.method``; a run without a main score (``dynamics``) is
+    also the member ``run_key``, standing for all its scores.
+    """
+    members = {}
+    for key in list_hardness_runs(samples):
+        config = samples.get_run_info(key).config
+        scores = run_scores(key, config)
+        subs = [s for s in scores if not s.main]
+        for score in scores:
+            if score.main:
+                label = "%s (%s)" % (key, config.method)
+                members[key] = (label, [score])
+        if subs and key not in members:
+            label = "%s: all %d methods" % (key, len(subs))
+            members[key] = (label, subs)
+        for score in subs:
+            members[score.member] = (score.member, [score])
+    return members
+
+
+def resolve_member(samples, member, members=None):
+    """Returns the ``RunScore`` list of consensus member ``member``.
+
+    Raises:
+        HardnessError: ``member`` names no score of any hardness run; the
+            message lists the valid members
+    """
+    members = score_members(samples) if members is None else members
+    if member not in members:
+        raise HardnessError(
+            "No hardness run score '%s' on dataset '%s' for the consensus; "
+            "valid members: %s"
+            % (
+                member,
+                samples._dataset.name,
+                ", ".join(members) or "none (run a hardness method first)",
+            )
+        )
+    return members[member][1]
+
+
+def member_scores_loader(samples, load_values):
+    """Returns the ``load_scores`` loader of a
+    :class:`~fiftyone_hardness.methods.base.LabeledData`: ``member ->
+    [(name, scores, flags or None)]``, the arrays read with
+    ``load_values`` (so for exactly the data's samples), missing scores as
+    NaN, flags None unless every sample has one."""
+
+    def load_scores(member):
+        out = []
+        for score in resolve_member(samples, member):
+            values = load_values(score.score_field)
+            scores = np.array(
+                [np.nan if v is None else float(v) for v in values],
+                dtype=np.float64,
+            )
+            flags = None
+            if score.flag_field is not None:
+                raw = load_values(score.flag_field)
+                if all(v is not None for v in raw):
+                    flags = np.asarray(raw, dtype=bool)
+            out.append((score.member, scores, flags))
+        return out
+
+    return load_scores
 
 
 def agreement_matrix(

@@ -71,6 +71,11 @@ class LabeledData:
         load_classes: callable ``(field) -> list or None`` returning the
             class list the collection declares for ``field``
             (``dataset.classes[field]``, else ``dataset.default_classes``)
+        load_scores: callable ``(member) -> [(name, scores, flags)]``
+            returning the scores of other hardness runs for these samples,
+            resolved through the run schema (for consensus): ``member`` is
+            ``run_key`` or ``run_key.method``; ``scores`` an (N,) float
+            array (NaN where missing), ``flags`` an (N,) bool array or None
     """
 
     ids: np.ndarray
@@ -81,6 +86,7 @@ class LabeledData:
     load_values: Optional[Callable] = None
     progress: ProgressFn = no_progress
     load_classes: Optional[Callable] = None
+    load_scores: Optional[Callable] = None
 
     @property
     def num_samples(self):
@@ -103,6 +109,22 @@ class LabeledData:
         if self.load_classes is None:
             return None
         return self.load_classes(field)
+
+    def member_scores(self, member):
+        """Returns ``[(name, scores, flags or None)]``, the scores of
+        consensus member ``member`` (a run key or ``run_key.method``) for
+        these samples.
+
+        Raises:
+            HardnessError: the data are not backed by a collection, or no
+                run has such a score (the message lists the valid members)
+        """
+        if self.load_scores is None:
+            raise HardnessError(
+                "These data are not backed by a collection with hardness "
+                "runs"
+            )
+        return self.load_scores(member)
 
     def embeddings(self, embeddings_field):
         """Returns ``embeddings_field`` as an (N, D) float32 array.

@@ -4,12 +4,14 @@ chosen runs / methods, a flag rule, and their pairwise Spearman agreement.
 
 Members are named as
 
-- ``"run_key"``: a single-method run (its ``{run_key}_score`` field), or a
-  ``dynamics`` run (every ``{run_key}_{m}_score`` field it has),
-- ``"run_key.method"``: one method of a ``dynamics`` run
-  (``{run_key}_{method}_score``).
+- ``"run_key"``: the score of a single-method run, or every score of a
+  ``dynamics`` run,
+- ``"run_key.method"``: one method of a ``dynamics`` run.
 
-Every score is oriented higher = harder, so ranks average directly.
+Arrays only: the FiftyOne layer resolves each member through the run
+schema and hands over its scores and flags
+(:meth:`fiftyone_hardness.methods.base.LabeledData.member_scores`). Every
+score is oriented higher = harder, so ranks average directly.
 """
 
 import logging
@@ -60,6 +62,12 @@ class ConsensusConfig(MethodConfig):
     )
 
     def check(self):
+        if not self.runs:
+            return (
+                "runs",
+                "A consensus needs runs=[...]: one or more members, run keys "
+                "or 'run_key.method'",
+            )
         if self.noise_rate is not None and self.rule != "top":
             return (
                 "noise_rate",
@@ -178,18 +186,12 @@ def consensus(scores, flags=None, rule="majority", noise_rate=None):
     }
 
 
-def _try_values(data, field):
-    try:
-        values = data.values(field)
-    except Exception:
-        return None
-    if values is None or all(v is None for v in values):
-        return None
-    return values
-
-
 def resolve_members(data, runs):
     """Reads the score (and flag) arrays of the consensus members.
+
+    The members' fields are not looked up here: the FiftyOne layer resolves
+    each member through the run schema
+    (:meth:`fiftyone_hardness.methods.base.LabeledData.member_scores`).
 
     Args:
         data: a :class:`fiftyone_hardness.methods.base.LabeledData`
@@ -197,87 +199,62 @@ def resolve_members(data, runs):
 
     Returns:
         a tuple ``(scores, flags)`` of dicts keyed by member name
-        (``run_key`` or ``run_key.method``)
+        (``run_key`` or ``run_key.method``); a member without flags for
+        every sample has no entry in ``flags``
 
     Raises:
-        HardnessError: unknown members, missing values
+        HardnessError: no members, an unknown member (listing the valid
+            ones), missing scores
     """
-    from fiftyone_hardness.methods.dynamics.scores import METHODS
-
     if isinstance(runs, str):
         runs = [runs]
     if not runs:
         raise HardnessError(
             "A consensus needs runs=[...]: run keys or 'run_key.method'"
         )
-    fields = {}
-    for entry in runs:
-        if "." in entry:
-            key, method = entry.split(".", 1)
-            fields[entry] = "%s_%s" % (key, method)
-        else:
-            fields[entry] = entry
     scores, flags = {}, {}
-    for entry, prefix in fields.items():
-        found = {}
-        values = _try_values(data, prefix + "_score")
-        if values is not None:
-            found[entry] = prefix
-        elif "." not in entry:
-            for method in METHODS:
-                name = "%s_%s" % (prefix, method)
-                if _try_values(data, name + "_score") is not None:
-                    found["%s.%s" % (entry, method)] = name
-        if not found:
-            raise HardnessError(
-                "No scores for consensus member '%s': expected a field "
-                "'%s_score' (a run key, or 'run_key.method' for one method "
-                "of a dynamics run)" % (entry, prefix)
-            )
-        for name, base in found.items():
-            values = data.values(base + "_score")
-            missing = sum(v is None for v in values)
+    for member in runs:
+        for name, values, member_flags in data.member_scores(member):
+            values = np.asarray(values, dtype=np.float64)
+            missing = int(np.sum(~np.isfinite(values)))
             if missing:
                 raise HardnessError(
-                    "'%s_score' has no value for %d of the %d samples; run "
-                    "'%s' on this view first"
-                    % (base, missing, len(values), name)
+                    "Consensus member '%s' has no score for %d of the %d "
+                    "samples; run it on this view first"
+                    % (name, missing, len(values))
                 )
-            scores[name] = np.asarray(values, dtype=np.float64)
-            flag = _try_values(data, base + "_flag")
-            if flag is not None and all(v is not None for v in flag):
-                flags[name] = np.asarray(flag, dtype=bool)
+            scores[name] = values
+            if member_flags is not None:
+                flags[name] = np.asarray(member_flags, dtype=bool)
     return scores, flags
 
 
-def run_consensus(data, runs=None, rule="majority", noise_rate=None):
+def run_consensus(data, config):
     """Registry adapter of ``"consensus"``: the rank average of the
-    oriented scores of ``runs``.
+    oriented scores of ``config.runs``.
 
     Writes ``score`` (rank average in [0, 1], higher = harder), ``flag``
     and ``votes`` (number of members flagging the sample).
 
     Args:
-        data: a :class:`fiftyone_hardness.methods.base.LabeledData`
-        runs: member names: run keys (a ``dynamics`` run contributes all
-            its methods) or ``"run_key.method"``
-        rule ("majority"): ``"majority"`` (flagged by more than half of the
-            members) or ``"top"`` (top ``noise_rate`` fraction)
-        noise_rate (None): for ``rule="top"``; None for the members' mean
-            flag rate
+        data: a :class:`fiftyone_hardness.methods.base.LabeledData` whose
+            ``load_scores`` resolves the members
+        config: a :class:`ConsensusConfig`
 
     Returns:
         a :class:`fiftyone_hardness.methods.base.MethodOutput`
     """
-    scores, flags = resolve_members(data, runs)
+    scores, flags = resolve_members(data, config.runs)
     data.progress(0.5, "combining %d members" % len(scores))
-    out = consensus(scores, flags, rule=rule, noise_rate=noise_rate)
+    out = consensus(
+        scores, flags, rule=config.rule, noise_rate=config.noise_rate
+    )
     fields = {"score": out["score"], "flag": out["flag"]}
     if out["votes"] is not None:
         fields["votes"] = out["votes"].astype(np.int64)
     results = {
         "members": list(scores),
-        "rule": rule,
+        "rule": config.rule,
         "threshold": out["threshold"],
         "noise_rate": out["noise_rate"],
         "spearman": out["spearman"],

@@ -3,7 +3,7 @@ Known label noise on arrays: pick exactly ``round(rate * N)`` samples
 uniformly without replacement (seeded) and give each a *different* class.
 
 Used by the demo dataset, the tests and the benchmark. Kinds (see
-``../shared/METHODS.md`` section 4):
+``docs/methods.md`` section 4):
 
 - ``symmetric`` / ``uniform``: a uniformly random different class
 - ``pair``: ``y -> y + 1 mod K``

@@ -6,6 +6,7 @@ from fiftyone_hardness.operators.compute_embeddings import ComputeEmbeddings
 from fiftyone_hardness.operators import review as _review
 from fiftyone_hardness.operators import runs as _runs
 from fiftyone_hardness.operators import dynamics as _dynamics
+from fiftyone_hardness.operators import consensus as _consensus
 from fiftyone_hardness.operators import perturb as _perturb
 from fiftyone_hardness.operators import cleanlab as _cleanlab
 from fiftyone_hardness.operators import rer as _rer
@@ -22,7 +23,7 @@ OPERATORS = [
     _review.UndoLabelCorrections,
     _review.FindCounterexamples,
     _dynamics.ComputeDynamics,
-    _dynamics.ComputeConsensus,
+    _consensus.ComputeConsensus,
     _perturb.InjectHardness,
     _cleanlab.ComputeCleanlab,
     _rer.ComputeRER,

@@ -5,7 +5,10 @@ flagged (or all scored) samples hardest first, rename and delete runs.
 They follow FiftyOne's run conventions: runs are the dataset's custom runs
 whose config is a :class:`fiftyone_hardness.dataset_io.runs.HardnessRunConfig`;
 renaming and deleting go through ``dataset.rename_run`` /
-``dataset.delete_run``, which rename or remove every field the run wrote.
+``dataset.delete_run``, which rename or remove every field the run wrote
+(renaming is refused, with nothing changed, when a new field name is taken).
+Runs are read through the run schema
+(:meth:`fiftyone_hardness.dataset_io.runs.HardnessRunResults.scores`).
 """
 
 import logging
@@ -15,7 +18,11 @@ import fiftyone.operators.types as types
 
 from fiftyone_hardness.dataset_io import run_views
 from fiftyone_hardness.methods.base import HardnessError
-from fiftyone_hardness.dataset_io.runs import list_hardness_runs, validate_run_key
+from fiftyone_hardness.dataset_io.runs import (
+    RunRenameError,
+    check_rename,
+    list_hardness_runs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -130,15 +137,18 @@ class LoadHardnessView(foo.Operator):
         key = run_key_input(ctx, inputs)
         if key is not None:
             results = run_views.load_results(ctx.dataset, key, check=False)
-            fields = run_views.score_fields(results)
-            if len(fields) > 1:
+            scores = results.scores()
+            if len(scores) > 1:
                 choices = types.DropdownView()
-                for field in fields:
-                    choices.add_choice(field, label=field)
+                for score in scores:
+                    choices.add_choice(
+                        score.name,
+                        label="%s (%s)" % (score.name, score.score_field),
+                    )
                 inputs.enum(
-                    "score_field",
+                    "score",
                     choices.values(),
-                    default=fields[0],
+                    default=scores[0].name,
                     label="Score",
                     view=choices,
                 )
@@ -160,21 +170,22 @@ class LoadHardnessView(foo.Operator):
         view = load_run_view(
             ctx.dataset,
             ctx.params["run_key"],
-            score_field=ctx.params.get("score_field"),
+            score=ctx.params.get("score"),
             flagged=ctx.params.get("which", "flagged") == "flagged",
         )
         ctx.ops.set_view(view)
         return {"num_samples": len(view)}
 
 
-def load_run_view(dataset, run_key, score_field=None, flagged=True):
-    """Returns the run's flagged samples (or all scored ones), hardest
-    first."""
+def load_run_view(dataset, run_key, score=None, flagged=True):
+    """Returns the run's flagged samples (or all scored ones) for one of
+    its scores (a score name, see
+    :meth:`~fiftyone_hardness.dataset_io.runs.HardnessRunResults.scores`;
+    the default one when None), hardest first."""
     results = run_views.load_results(dataset, run_key)
-    score_field = score_field or run_views.default_score_field(results)
     if flagged:
-        return run_views.flagged_view(dataset, results, score_field)
-    return dataset.exists(score_field).sort_by(score_field, reverse=True)
+        return run_views.flagged_view(dataset, results, score)
+    return run_views.scored_view(dataset, results, score)
 
 
 class RenameHardnessRun(foo.Operator):
@@ -192,13 +203,15 @@ class RenameHardnessRun(foo.Operator):
         key = run_key_input(ctx, inputs)
         if key is not None:
             new_key = ctx.params.get("new_run_key")
-            error = None
-            if new_key:
-                error = _rename_error(ctx.dataset, new_key)
+            error = (
+                _rename_error(ctx.dataset, key, new_key) if new_key else None
+            )
             inputs.str(
                 "new_run_key",
                 required=True,
                 label="New run key",
+                description="The run's fields are renamed with it; every "
+                "new field name must be free",
                 invalid=error is not None,
                 error_message=error,
             )
@@ -206,21 +219,22 @@ class RenameHardnessRun(foo.Operator):
 
     def execute(self, ctx):
         old, new = ctx.params["run_key"], ctx.params["new_run_key"]
-        error = _rename_error(ctx.dataset, new)
+        error = _rename_error(ctx.dataset, old, new)
         if error:
             raise HardnessError(error)
-        ctx.dataset.rename_run(old, new)
+        try:
+            ctx.dataset.rename_run(old, new)
+        except RunRenameError as e:
+            # a field appeared since the check: nothing was renamed
+            raise HardnessError(str(e)) from None
         ctx.ops.reload_dataset()
         return {"run_key": new}
 
 
-def _rename_error(dataset, new_key):
-    if new_key in dataset.list_runs():
-        return "A run with key '%s' already exists; choose another key" % (
-            new_key
-        )
+def _rename_error(dataset, run_key, new_key):
+    """Returns why ``run_key`` cannot be renamed to ``new_key``, or None."""
     try:
-        validate_run_key(dataset, new_key)
+        check_rename(dataset, run_key, new_key)
     except HardnessError as e:
         return str(e)
     return None

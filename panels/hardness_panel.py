@@ -8,8 +8,10 @@ scores agree.
 Clicking a class bar loads that class sorted hardest first; clicking or
 box-selecting histogram bars loads that score range; clicking a table row
 selects the sample; a button saves the flagged samples as a saved view named
-after the run. The panel only reads runs
-(:mod:`fiftyone_hardness.dataset_io.run_views`); it never computes scores.
+after the run. The panel only reads runs, through their schema
+(:meth:`fiftyone_hardness.dataset_io.runs.HardnessRunResults.scores`) and
+:mod:`fiftyone_hardness.dataset_io.run_views`; it never computes scores nor
+parses field names.
 """
 
 import logging
@@ -55,7 +57,7 @@ class HardnessPanel(foo.Panel):
 
     def on_change_dataset(self, ctx):
         ctx.panel.state.run_key = None
-        ctx.panel.state.score_field = None
+        ctx.panel.state.score = None
         self._refresh(ctx)
 
     #
@@ -64,11 +66,11 @@ class HardnessPanel(foo.Panel):
 
     def on_change_run(self, ctx):
         ctx.panel.state.run_key = ctx.params.get("value")
-        ctx.panel.state.score_field = None
+        ctx.panel.state.score = None
         self._refresh(ctx)
 
-    def on_change_score_field(self, ctx):
-        ctx.panel.state.score_field = ctx.params.get("value")
+    def on_change_score(self, ctx):
+        ctx.panel.state.score = ctx.params.get("value")
         self._refresh(ctx)
 
     def on_refresh(self, ctx):
@@ -80,7 +82,7 @@ class HardnessPanel(foo.Panel):
         if results is None or label is None:
             return
         view = run_views.class_view(
-            ctx.dataset, results, str(label), self._score_field(ctx, results)
+            ctx.dataset, results, str(label), self._score(ctx, results)
         )
         ctx.panel.state.last_action = "class %s" % label
         ctx.ops.set_view(view)
@@ -117,7 +119,7 @@ class HardnessPanel(foo.Panel):
         if results is None:
             return
         view = run_views.flagged_view(
-            ctx.dataset, results, self._score_field(ctx, results)
+            ctx.dataset, results, self._score(ctx, results)
         )
         ctx.ops.set_view(view)
 
@@ -126,7 +128,7 @@ class HardnessPanel(foo.Panel):
         if results is None:
             return
         name = run_views.save_flagged_view(
-            ctx.dataset, results, self._score_field(ctx, results)
+            ctx.dataset, results, self._score(ctx, results)
         )
         ctx.panel.state.saved_view = name
         ctx.ops.notify("Saved the flagged samples as view '%s'" % name)
@@ -135,7 +137,7 @@ class HardnessPanel(foo.Panel):
         ctx.ops.reload_dataset()
         ctx.ops.set_view(
             run_views.flagged_view(
-                ctx.dataset, results, self._score_field(ctx, results)
+                ctx.dataset, results, self._score(ctx, results)
             )
         )
 
@@ -157,22 +159,30 @@ class HardnessPanel(foo.Panel):
             return None
         return run_views.load_results(ctx.dataset, key, check=False)
 
-    def _score_field(self, ctx, results):
-        fields = run_views.score_fields(results)
-        field = ctx.panel.state.score_field
-        return field if field in fields else (fields[0] if fields else None)
+    def _score(self, ctx, results):
+        """The chosen score of the run (a ``RunScore``), else its default
+        one; None when the run has no score."""
+        names = [s.name for s in results.scores()]
+        if not names:
+            return None
+        name = ctx.panel.state.score
+        return results.score(name if name in names else None)
 
     def _set_score_range(self, ctx, lo, hi):
         results = self._results(ctx)
         if results is None:
             return
-        field = self._score_field(ctx, results)
+        score = self._score(ctx, results)
+        if score is None:
+            return
         ctx.panel.state.last_action = "scores %.4g..%.4g" % (lo, hi)
         ctx.ops.set_view(
-            run_views.score_range_view(ctx.dataset, field, lo, hi)
+            run_views.score_range_view(ctx.dataset, score.score_field, lo, hi)
         )
 
     def _refresh(self, ctx):
+        """Reads the chosen run through its schema into the panel's state
+        and data, one step per part of the layout."""
         state = ctx.panel.state
         runs = list_hardness_runs(ctx.dataset) if ctx.dataset else []
         state.runs = runs
@@ -182,71 +192,21 @@ class HardnessPanel(foo.Panel):
         if results is None:
             state.figures = None
             return
-
-        fields = run_views.score_fields(results)
-        field = self._score_field(ctx, results)
-        state.score_fields = fields
-        state.score_field = field
-        state.figures = _figures_markdown(results, field, ctx.dataset)
-
-        classes = run_views.class_difficulty(ctx.dataset, results, field)
-        ctx.panel.data.class_chart = [
-            {
-                "type": "bar",
-                "x": [c for c, _ in classes],
-                "y": [v for _, v in classes],
-                "marker": {"color": _BAR_COLOR},
-                "hovertemplate": "class %{x}: %{y:.3f}<extra></extra>",
-            }
+        score = self._score(ctx, results)
+        state.scores = [
+            {"name": s.name, "field": s.score_field} for s in results.scores()
         ]
-
-        state.threshold = (
-            run_views.threshold_for(results, field, ctx.dataset)
-            if field
-            else None
-        )
-        counts, edges = (
-            run_views.score_histogram(ctx.dataset, field)
-            if field
-            else ([], [])
-        )
-        state.hist_edges = edges
-        ctx.panel.data.histogram = [
-            {
-                "type": "bar",
-                "x": [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])],
-                "y": counts,
-                "width": [b - a for a, b in zip(edges[:-1], edges[1:])],
-                "marker": {"color": _HIST_COLOR},
-                "hovertemplate": "score %{x:.3f}: %{y} samples<extra></extra>",
-            }
-        ]
-
+        state.score = score.name if score is not None else None
+        state.score_field = score.score_field if score is not None else None
+        state.figures = _figures_markdown(results, score, ctx.dataset)
+        _load_class_chart(ctx, results, score)
+        _load_histogram(ctx, results, score)
         state.flagged_table = (
-            run_views.flagged_rows(ctx.dataset, results, field)
-            if field
+            run_views.flagged_rows(ctx.dataset, results, score)
+            if score is not None
             else []
         )
-
-        names, matrix, _ = run_views.agreement_matrix(ctx.dataset)
-        state.has_agreement = bool(names)
-        ctx.panel.data.agreement = (
-            [
-                {
-                    "type": "heatmap",
-                    "z": matrix,
-                    "x": names,
-                    "y": names,
-                    "zmin": -1,
-                    "zmax": 1,
-                    "colorscale": "RdBu",
-                    "texttemplate": "%{z:.2f}",
-                    "hovertemplate": "%{y} vs %{x}: %{z:.3f}<extra></extra>",
-                }
-            ]
-            if names
-            else []
-        )
+        _load_agreement(ctx)
 
     #
     # Layout
@@ -255,22 +215,37 @@ class HardnessPanel(foo.Panel):
     def render(self, ctx):
         state = ctx.panel.state
         panel = types.Object()
-        runs = state.runs or []
-        if not runs:
-            panel.md(
-                "### No hardness runs yet\n\nRun a hardness method from the "
-                "operator browser (e.g. *Hardness: RER*), or from Python "
-                "with `dataset.apply_hardness(...)`, then refresh.",
-                name="no_runs",
-            )
-            panel.btn("refresh", label="Refresh", on_click=self.on_refresh)
-            return types.Property(
-                panel, view=types.GridView(orientation="vertical", gap=2)
-            )
+        if not state.runs:
+            self._render_no_runs(panel)
+        else:
+            self._render_header(panel, state)
+            if state.figures:
+                panel.md(state.figures, name="figures")
+            self._render_class_chart(panel)
+            self._render_histogram(panel, state)
+            self._render_actions(panel, state)
+            self._render_flagged_table(panel)
+            if state.has_agreement:
+                self._render_agreement(panel)
+        return types.Property(
+            panel, view=types.GridView(orientation="vertical", gap=2)
+        )
 
+    def _render_no_runs(self, panel):
+        panel.md(
+            "### No hardness runs yet\n\nRun a hardness method from the "
+            "operator browser (e.g. *Hardness: RER*), or from Python "
+            "with `dataset.apply_hardness(...)`, then refresh.",
+            name="no_runs",
+        )
+        panel.btn("refresh", label="Refresh", on_click=self.on_refresh)
+
+    def _render_header(self, panel, state):
+        """The run dropdown, the score dropdown (runs with several scores)
+        and the refresh button."""
         header = panel.h_stack("header", align_y="center", gap=2)
         choices = types.DropdownView()
-        for key in runs:
+        for key in state.runs:
             choices.add_choice(key, label=key)
         header.enum(
             "run_key",
@@ -280,24 +255,25 @@ class HardnessPanel(foo.Panel):
             view=choices,
             on_change=self.on_change_run,
         )
-        fields = state.score_fields or []
-        if len(fields) > 1:
-            field_choices = types.DropdownView()
-            for field in fields:
-                field_choices.add_choice(field, label=field)
+        scores = state.scores or []
+        if len(scores) > 1:
+            score_choices = types.DropdownView()
+            for score in scores:
+                score_choices.add_choice(
+                    score["name"],
+                    label="%s (%s)" % (score["name"], score["field"]),
+                )
             header.enum(
-                "score_field",
-                field_choices.values(),
-                default=state.score_field,
+                "score",
+                score_choices.values(),
+                default=state.score,
                 label="Score",
-                view=field_choices,
-                on_change=self.on_change_score_field,
+                view=score_choices,
+                on_change=self.on_change_score,
             )
         header.btn("refresh", label="Refresh", on_click=self.on_refresh)
 
-        if state.figures:
-            panel.md(state.figures, name="figures")
-
+    def _render_class_chart(self, panel):
         panel.plot(
             "class_chart",
             label="Class difficulty (click a class: its samples, hardest "
@@ -313,6 +289,8 @@ class HardnessPanel(foo.Panel):
             on_click=self.on_class_click,
         )
 
+    def _render_histogram(self, panel, state):
+        """The score histogram, with the threshold as a red line."""
         shapes = []
         if state.threshold is not None:
             shapes.append(
@@ -350,6 +328,9 @@ class HardnessPanel(foo.Panel):
             on_selected=self.on_histogram_select,
         )
 
+    def _render_actions(self, panel, state):
+        """Save / show the flagged samples, reset the view, and open the
+        view saved last."""
         buttons = panel.h_stack("actions", gap=2)
         buttons.btn(
             "save_view",
@@ -374,6 +355,7 @@ class HardnessPanel(foo.Panel):
                 on_click=self.on_open_saved_view,
             )
 
+    def _render_flagged_table(self, panel):
         table = types.TableView(on_click_row=self.on_row_click)
         table.add_column("label", label="Label")
         table.add_column("predicted", label="Predicted")
@@ -385,24 +367,84 @@ class HardnessPanel(foo.Panel):
             label="Hardest flagged samples (click a row to select it)",
         )
 
-        if state.has_agreement:
-            panel.plot(
-                "agreement",
-                label="Agreement between runs (Spearman rank correlation)",
-                config=_PLOT_CONFIG,
-                layout={
-                    "height": 320,
-                    "margin": {"l": 120, "r": 10, "t": 10, "b": 120},
-                },
-            )
-
-        return types.Property(
-            panel, view=types.GridView(orientation="vertical", gap=2)
+    def _render_agreement(self, panel):
+        panel.plot(
+            "agreement",
+            label="Agreement between runs (Spearman rank correlation)",
+            config=_PLOT_CONFIG,
+            layout={
+                "height": 320,
+                "margin": {"l": 120, "r": 10, "t": 10, "b": 120},
+            },
         )
 
 
-def _figures_markdown(results, score_field=None, samples=None):
-    rows = run_views.run_figures(results, score_field, samples)
+def _load_class_chart(ctx, results, score):
+    classes = (
+        run_views.class_difficulty(ctx.dataset, results, score)
+        if score is not None
+        else []
+    )
+    ctx.panel.data.class_chart = [
+        {
+            "type": "bar",
+            "x": [c for c, _ in classes],
+            "y": [v for _, v in classes],
+            "marker": {"color": _BAR_COLOR},
+            "hovertemplate": "class %{x}: %{y:.3f}<extra></extra>",
+        }
+    ]
+
+
+def _load_histogram(ctx, results, score):
+    """The histogram of the score, its bin edges (for the click events)
+    and its threshold in score units."""
+    state = ctx.panel.state
+    if score is None:
+        state.threshold, counts, edges = None, [], []
+    else:
+        state.threshold = run_views.threshold_for(results, score, ctx.dataset)
+        counts, edges = run_views.score_histogram(
+            ctx.dataset, score.score_field
+        )
+    state.hist_edges = edges
+    ctx.panel.data.histogram = [
+        {
+            "type": "bar",
+            "x": [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])],
+            "y": counts,
+            "width": [b - a for a, b in zip(edges[:-1], edges[1:])],
+            "marker": {"color": _HIST_COLOR},
+            "hovertemplate": "score %{x:.3f}: %{y} samples<extra></extra>",
+        }
+    ]
+
+
+def _load_agreement(ctx):
+    """The Spearman agreement between the scores of every run."""
+    names, matrix, _ = run_views.agreement_matrix(ctx.dataset)
+    ctx.panel.state.has_agreement = bool(names)
+    ctx.panel.data.agreement = (
+        [
+            {
+                "type": "heatmap",
+                "z": matrix,
+                "x": names,
+                "y": names,
+                "zmin": -1,
+                "zmax": 1,
+                "colorscale": "RdBu",
+                "texttemplate": "%{z:.2f}",
+                "hovertemplate": "%{y} vs %{x}: %{z:.3f}<extra></extra>",
+            }
+        ]
+        if names
+        else []
+    )
+
+
+def _figures_markdown(results, score=None, samples=None):
+    rows = run_views.run_figures(results, score, samples)
     lines = ["| Figure | Value |", "|---|---|"]
     for label, value in rows:
         lines.append("| %s | %s |" % (label, value))

@@ -69,12 +69,9 @@ def add_demo_run(dataset, run_key=None):
 
 
 def _rer_kwargs():
-    import inspect
-
-    run = registry.get_method("rer")
-    accepted = inspect.signature(run).parameters
-    if any(p.kind == p.VAR_KEYWORD for p in accepted.values()):
-        return dict(RER_FAST)
+    """The :data:`RER_FAST` settings that RER's config declares."""
+    config_class = registry.get_spec("rer").get_config_class()
+    accepted = {p.name for p in config_class.parameters()}
     return {k: v for k, v in RER_FAST.items() if k in accepted}
 
 

@@ -16,7 +16,7 @@ from fiftyone import ViewField as F
 
 from fiftyone_hardness.methods import registry
 from fiftyone_hardness.dataset_io import run_views
-from fiftyone_hardness.methods.base import MethodOutput
+from fiftyone_hardness.methods.base import HardnessError, MethodOutput
 from fiftyone_hardness.panels.hardness_panel import HardnessPanel
 
 from app_helpers import (
@@ -36,6 +36,7 @@ OPERATOR_NAMES = [
     "apply_label_corrections",
     "undo_label_corrections",
     "find_counterexamples",
+    "compute_consensus",
 ]
 
 
@@ -96,6 +97,10 @@ def test_run_management_operators(plugin, two_runs):
     )
     assert dataset.has_field("renamed_score")
     assert not dataset.has_field("first_score")
+    out = _run(
+        plugin + "/load_hardness_view", dataset, params={"run_key": "renamed"}
+    )
+    assert out["num_samples"] == rows[0]["num_flagged"]
     with pytest.raises(ExecutionError, match="'second' already exists"):
         foo.execute_operator(
             plugin + "/rename_hardness_run",
@@ -275,7 +280,8 @@ def test_panel_without_runs_and_with_a_demo_run(digits):
 
 def _two_scores(data, embeddings_field="pixels"):
     """A multi-score run: ``a`` flags its top 10% (its stored threshold is
-    in another unit), ``b`` flags by a rule that is no score threshold."""
+    in another unit), ``b`` flags by a rule that is no score threshold and
+    reuses a shared noise rate (not its own estimate)."""
     X = data.embeddings(embeddings_field)
     a = X.std(axis=1)
     b = X.mean(axis=1)
@@ -283,43 +289,354 @@ def _two_scores(data, embeddings_field="pixels"):
         fields={
             "a_score": a,
             "a_flag": a > np.quantile(a, 0.9),
+            "a_value": -a,
             "b_score": b,
             "b_flag": data.labels == 3,
         },
-        results={"methods": {"a": {"threshold": -5.0, "noise_rate": 0.1}}},
+        results={
+            "methods": {
+                "a": {"threshold": -5.0, "noise_rate": 0.1},
+                "b": {"noise_rate": 0.3, "own_noise_estimate": False},
+            }
+        },
+    )
+
+
+def _register_two_scores():
+    registry.register_method(
+        "two_scores", _two_scores, "test: two scores in one run"
     )
 
 
 def test_multi_score_runs(digits):
-    registry.register_method("two_scores", _two_scores, "test")
+    _register_two_scores()
     results = digits.apply_hardness("two_scores", run_key="two")
-    assert run_views.score_fields(results) == ["two_a_score", "two_b_score"]
+    fields = [s.score_field for s in results.scores()]
+    assert fields == ["two_a_score", "two_b_score"]
     a = np.asarray(digits.values("two_a_score"))
     flags = np.asarray(digits.values("two_a_flag"))
     expected = (a[flags].min() + a[~flags].max()) / 2
-    assert run_views.threshold_for(results, "two_a_score", digits) == (
+    assert run_views.threshold_for(results, "a", digits) == (
         pytest.approx(expected)
     )
-    assert run_views.threshold_for(results, "two_b_score", digits) is None
-    figures = dict(run_views.run_figures(results, "two_a_score", digits))
+    assert run_views.threshold_for(results, "b", digits) is None
+    figures = dict(run_views.run_figures(results, "a", digits))
     assert figures["Flagged by this score"] == int(flags.sum())
     assert figures["Noise rate by this score"] == 0.1
-    classes = run_views.class_difficulty(digits, results, "two_b_score")
+    # b's flags reuse a shared rate: no estimate of its own is shown
+    figures = dict(run_views.run_figures(results, "b", digits))
+    assert "Noise rate by this score" not in figures
+    classes = run_views.class_difficulty(digits, results, "b")
     assert len(classes) == 10
     assert [v for _, v in classes] == sorted(
         [v for _, v in classes], reverse=True
     )
-    view = run_views.flagged_view(digits, results, "two_b_score")
+    view = run_views.flagged_view(digits, results, "b")
     assert set(view.values("ground_truth.label")) == {"3"}
+    assert run_views.flagged_view_name(results, "b") == "two_b-flagged"
     names, matrix, used = run_views.agreement_matrix(digits)
-    assert names == ["two_a", "two_b"] and used == len(digits)
+    assert names == ["two.a", "two.b"] and used == len(digits)
 
     panel = HardnessPanel()
     ctx = FakePanelContext(digits)
     panel.on_load(ctx)
+    assert ctx.panel.state.score == "a"
     assert ctx.panel.state.score_field == "two_a_score"
-    ctx.params = {"value": "two_b_score"}
-    panel.on_change_score_field(ctx)
+    ctx.params = {"value": "b"}
+    panel.on_change_score(ctx)
     assert ctx.panel.state.threshold is None
     assert "two_b_score" in ctx.panel.state.figures
-    json.dumps(panel.render(ctx).to_json())
+    rendered = json.dumps(panel.render(ctx).to_json())
+    assert "two_b_score" in rendered  # the score dropdown names its field
+
+
+# ------------------------------------------------------------ run schema
+
+
+def test_run_schema_of_a_single_method_run(two_runs):
+    results = two_runs.load_run_results("first")
+    (score,) = results.scores()
+    assert score == results.score() == results.score("centroid")
+    assert (score.name, score.run_key, score.main) == (
+        "centroid",
+        "first",
+        True,
+    )
+    assert score.score_field == "first_score"
+    assert score.flag_field == "first_flag"
+    assert score.extras == {"pred": "first_pred"}
+    assert score.companion("pred") == "first_pred"
+    assert score.threshold == pytest.approx(results.threshold)
+    assert score.noise_rate is None  # the stand-in estimates none
+    assert score.num_flagged == results.num_flagged
+    assert score.class_scores == results.class_scores
+    assert score.orientation == "higher_is_harder"
+    assert score.member == "first"
+    assert results.fields == ["first_score", "first_flag", "first_pred"]
+    with pytest.raises(HardnessError, match="no score 'nope'.*centroid"):
+        results.score("nope")
+
+
+def test_run_schema_of_a_multi_score_run(digits):
+    _register_two_scores()
+    digits.apply_hardness("two_scores", run_key="two")
+    results = run_views.load_results(digits, "two")
+    a, b = results.scores()
+    assert (a.name, a.main, a.member) == ("a", False, "two.a")
+    assert (a.score_field, a.flag_field) == ("two_a_score", "two_a_flag")
+    assert a.extras == {"value": "two_a_value"}
+    assert (a.noise_rate, a.threshold) == (0.1, -5.0)
+    assert (b.name, b.member, b.extras) == ("b", "two.b", {})
+    assert b.noise_rate is None  # own_noise_estimate False
+    assert results.score() == a and results.score("b") == b
+
+
+def test_results_ignore_stale_stored_fields(two_runs):
+    """Runs saved before the schema stored their field names; loading one
+    must derive them from the key instead."""
+    from fiftyone_hardness.dataset_io.runs import HardnessRunResults
+
+    config = two_runs.get_run_info("first").config
+    stored = two_runs.load_run_results("first").serialize()
+    stored.pop("cls", None)
+    stored["fields"] = ["old_score", "old_flag"]
+    results = HardnessRunResults._from_dict(stored, two_runs, config, "new")
+    assert results.fields == ["new_score", "new_flag", "new_pred"]
+    assert results.score().score_field == "new_score"
+    assert "fields" not in two_runs.load_run_results("first").serialize()
+
+
+# ---------------------------------------------------------------- rename
+
+
+def test_renamed_run_loads_in_views_and_panel(two_runs):
+    dataset = two_runs
+    flagged = dataset.load_run_results("first").num_flagged
+    dataset.rename_run("first", "first2")
+
+    results = run_views.load_results(dataset, "first2")
+    assert results.score().score_field == "first2_score"
+    assert results.fields == ["first2_score", "first2_flag", "first2_pred"]
+    assert all(dataset.has_field(f) for f in results.fields)
+    assert len(run_views.flagged_view(dataset, results)) == flagged
+    rows = run_views.flagged_rows(dataset, results)
+    assert rows and rows[0]["predicted"] is not None
+    from fiftyone_hardness.operators.runs import load_run_view
+
+    assert len(load_run_view(dataset, "first2")) == flagged
+    assert len(load_run_view(dataset, "second")) == (
+        dataset.load_run_results("second").num_flagged
+    )
+
+    panel = HardnessPanel()
+    ctx = FakePanelContext(dataset)
+    panel.on_load(ctx)
+    assert sorted(ctx.panel.state.runs) == ["first2", "second"]
+    for key in ("first2", "second"):
+        ctx.params = {"value": key}
+        panel.on_change_run(ctx)
+        assert ctx.panel.state.score_field == "%s_score" % key
+        assert len(ctx.panel.state.flagged_table) == run_views.TABLE_ROWS
+        assert sum(ctx.panel.data.histogram[0]["y"]) == len(dataset)
+        json.dumps(panel.render(ctx).to_json())
+    assert sorted(ctx.panel.data.agreement[0]["x"]) == ["first2", "second"]
+
+
+def _snapshot(dataset):
+    """The run keys, the field schema and every value of every field but
+    FiftyOne's bookkeeping: what a refused rename must leave byte-identical
+    (a rename that was undone updates ``last_modified_at``)."""
+    dataset.reload()
+    schema = dataset.get_field_schema()
+    fields = sorted(
+        f for f in schema if f not in ("id", "created_at", "last_modified_at")
+    )
+    values = {f: repr(dataset.values(f)) for f in fields}
+    return dataset.list_runs(), sorted(schema), values
+
+
+def test_rename_onto_a_taken_field_changes_nothing(two_runs):
+    import fiftyone as fo
+
+    from fiftyone_hardness.dataset_io.runs import RunRenameError
+
+    dataset = two_runs
+    dataset.add_sample_field("keep_score", fo.FloatField)
+    dataset.set_values("keep_score", [0.5] * len(dataset))
+    before = _snapshot(dataset)
+    with pytest.raises(RunRenameError, match="keep_score already exist"):
+        dataset.rename_run("first", "keep")
+    assert _snapshot(dataset) == before
+
+    # a value present in the documents but undeclared is user data too
+    from bson import ObjectId
+
+    sample_id = dataset.first().id
+    dataset._sample_collection.update_one(
+        {"_id": ObjectId(sample_id)}, {"$set": {"hidden_flag": True}}
+    )
+    with pytest.raises(RunRenameError, match="hidden_flag"):
+        dataset.rename_run("first", "hidden")
+    with pytest.raises(RunRenameError, match="a run key has letters"):
+        dataset.rename_run("first", "bad key")
+    assert _snapshot(dataset) == before
+
+    # deleting the run later leaves the user's field alone
+    dataset.delete_run("first")
+    assert dataset.values("keep_score") == [0.5] * len(dataset)
+    assert not any(f.startswith("first_") for f in dataset.get_field_schema())
+    assert dataset.list_runs() == ["second"]
+
+
+def test_rename_failing_midway_is_undone(two_runs, monkeypatch):
+    import fiftyone.core.dataset as fod
+
+    from fiftyone_hardness.dataset_io.runs import RunRenameError
+
+    dataset = two_runs
+    before = _snapshot(dataset)
+    original = fod.Dataset.rename_sample_fields
+    calls = []
+
+    def rename_one_then_fail(self, mapping):
+        calls.append(dict(mapping))
+        if len(calls) > 1:
+            return original(self, mapping)
+        first = dict([next(iter(mapping.items()))])
+        original(self, first)
+        raise RuntimeError("connection lost")
+
+    monkeypatch.setattr(
+        fod.Dataset, "rename_sample_fields", rename_one_then_fail
+    )
+    with pytest.raises(RunRenameError, match="nothing was changed"):
+        dataset.rename_run("first", "moved")
+    assert calls[1] == {"moved_score": "first_score"}  # renamed back
+    assert _snapshot(dataset) == before
+
+
+def test_rename_operator_refuses_a_taken_field(plugin, two_runs):
+    import fiftyone as fo
+
+    dataset = two_runs
+    dataset.add_sample_field("keep_flag", fo.BooleanField)
+    before = _snapshot(dataset)
+    with pytest.raises(ExecutionError, match="keep_flag already exist"):
+        foo.execute_operator(
+            plugin + "/rename_hardness_run",
+            dict(
+                dataset=dataset,
+                params={"run_key": "first", "new_run_key": "keep"},
+            ),
+        )
+    assert _snapshot(dataset) == before
+
+    # the form marks the key before execution
+    from types import SimpleNamespace
+
+    from fiftyone_hardness.operators.runs import RenameHardnessRun
+
+    ctx = SimpleNamespace(
+        dataset=dataset, params={"run_key": "first", "new_run_key": "keep"}
+    )
+    form = RenameHardnessRun().resolve_input(ctx).to_json()
+    new_key = form["type"]["properties"]["new_run_key"]
+    assert new_key["invalid"] is True
+    assert "keep_flag" in new_key["error_message"]
+
+
+# ------------------------------------------------------------- consensus
+
+
+def test_consensus_reads_members_through_the_schema(two_runs):
+    dataset = two_runs
+    _register_two_scores()
+    dataset.apply_hardness("two_scores", run_key="two")
+
+    out = dataset.apply_hardness(
+        "consensus",
+        runs=["first", "two.a"],
+        run_key="cons",
+        rule="top",
+        noise_rate=0.1,
+    )
+    assert out.members == ["first", "two.a"]
+    assert out.num_flagged == round(0.1 * len(dataset))
+    whole = dataset.apply_hardness(
+        "consensus", runs=["two"], run_key="cons_two"
+    )
+    assert whole.members == ["two.a", "two.b"]
+    # majority of two flaggers: flagged by both
+    both = np.asarray(dataset.values("two_a_flag")) & np.asarray(
+        dataset.values("two_b_flag")
+    )
+    assert np.array_equal(dataset.values("cons_two_flag"), both)
+
+    # an unknown member is refused with the list of valid ones, before
+    # anything is written
+    with pytest.raises(HardnessError, match="valid members: .*two.a"):
+        dataset.apply_hardness("consensus", runs=["first", "nope"])
+    assert "consensus" not in dataset.list_runs()
+    with pytest.raises(HardnessError, match="needs runs"):
+        dataset.apply_hardness("consensus", runs=[])
+
+    # after a rename, members are found under the new key only
+    dataset.rename_run("first", "first2")
+    again = dataset.apply_hardness(
+        "consensus",
+        runs=["first2", "two.a"],
+        run_key="cons",
+        rule="top",
+        noise_rate=0.1,
+        overwrite=True,
+    )
+    assert again.members == ["first2", "two.a"]
+    assert again.spearman["names"] == ["first2", "two.a"]
+    with pytest.raises(HardnessError, match="first2"):
+        dataset.apply_hardness("consensus", runs=["first"], run_key="c3")
+
+
+def test_consensus_operator_form_and_run(plugin, two_runs):
+    from types import SimpleNamespace
+
+    from fiftyone_hardness.operators.consensus import ComputeConsensus
+
+    dataset = two_runs
+    _register_two_scores()
+    dataset.apply_hardness("two_scores", run_key="two")
+
+    def form(params):
+        ctx = SimpleNamespace(
+            params=params, view=dataset.view(), dataset=dataset
+        )
+        out = ComputeConsensus().resolve_input(ctx).to_json()
+        return out["type"]["properties"]
+
+    props = form({})
+    choices = props["runs"]["view"]["choices"]
+    values = [c["value"] for c in choices]
+    assert values == ["first", "second", "two", "two.a", "two.b"]
+    assert "rule" in props and "noise_rate" not in props
+    assert "embeddings_field" not in props
+    # no member chosen yet: the form cannot execute
+    assert any(p.get("invalid") for p in props.values())
+    props = form({"runs": ["first", "two"], "rule": "top"})
+    assert "noise_rate" in props
+    assert not any(p.get("invalid") for p in props.values())
+    props = form({"runs": ["first"], "rule": "top", "noise_rate": 2})
+    assert props["noise_rate"]["invalid"] is True
+
+    result = foo.execute_operator(
+        plugin + "/compute_consensus",
+        dict(
+            dataset=dataset,
+            params={
+                "label_field": "ground_truth",
+                "runs": ["first", "two.b"],
+                "run_key": "op_cons",
+            },
+        ),
+    )
+    assert result.error is None, result.error
+    assert dataset.load_run_results("op_cons").members == ["first", "two.b"]
+    assert dataset.has_field("op_cons_votes")

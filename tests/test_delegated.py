@@ -101,8 +101,7 @@ def _choose_operator(plugins):
     return uri, {"embeddings_field": "pixels"}, "centroid"
 
 
-_WORKER = textwrap.dedent(
-    """
+_WORKER = textwrap.dedent("""
     import json, sys
     from fiftyone.operators.delegated import DelegatedOperationService
 
@@ -112,8 +111,7 @@ _WORKER = textwrap.dedent(
     )
     print(json.dumps([r.to_json() if r else None for r in results],
                      default=str))
-    """
-)
+    """)
 
 
 def test_queued_run_is_executed_by_a_worker(tmp_path, digits):

@@ -661,10 +661,22 @@ def test_evaluate_run_on_injected_noise(digits_dataset):
             clones[0], ["test_knn_score", "knn15_score"]
         )
         assert stable < same < 1.0
+        # the scores come from the run schema: a renamed run evaluates
+        # the same, under its new fields
+        clones[0].rename_run("test_knn", "knn_renamed")
+        renamed = fhe.evaluate_run(clones[0], "knn_renamed")
+        assert set(renamed) == set(knn)
+        assert renamed["other"]["score_field"] == "knn_renamed_other_score"
+        assert renamed["other"]["flag_field"] == "knn_renamed_other_flag"
+        for name in knn:
+            assert renamed[name]["auroc"] == knn[name]["auroc"]
+            assert renamed[name]["noise_rate_estimate"] == (
+                knn[name]["noise_rate_estimate"]
+            )
         with pytest.raises(HardnessError, match="no run"):
             fhe.evaluate_run(clones[0], "nope")
         with pytest.raises(HardnessError, match="truth field"):
-            fhe.evaluate_run(clones[0], "test_knn", truth_field="nope")
+            fhe.evaluate_run(clones[0], "knn_renamed", truth_field="nope")
     finally:
         for clone in clones:
             clone.delete()

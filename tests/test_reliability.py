@@ -1,13 +1,16 @@
 """
-Fault injection: the user's labels survive SIGKILL and SIGINT at random
-moments of apply/undo, and two processes writing at once.
+Fault injection: the user's labels and fields survive SIGKILL and SIGINT at
+random moments of apply/undo and of a run's write, and two processes writing
+at once.
 
 After every fault the invariants are checked on the raw database documents:
 
 - every label is byte-identical to its original, or it is corrected and
   its backup is byte-identical to the original (nothing is lost);
 - no document holds a field missing from the dataset's schema;
-- a final undo restores every label byte for byte.
+- a final undo restores every label byte for byte;
+- every listed run loads; an interrupted one is repaired in one call;
+  ``delete_run`` leaves none of its fields behind.
 
 CI runs a short version (a few kills of each kind and one race); set
 ``FIFTYONE_HARDNESS_FAULTS=long`` for many more.
@@ -89,10 +92,17 @@ def _check_invariants(dataset, originals):
         assert not undeclared, "undeclared fields %s" % undeclared
 
 
-def _start(dataset, action, iterations):
+def _start(dataset, action, iterations, run_key="faulty"):
     env = dict(os.environ, FIFTYONE_HARDNESS_LOCK_LEASE=str(LEASE))
     proc = subprocess.Popen(
-        [sys.executable, WORKER, dataset.name, action, str(iterations)],
+        [
+            sys.executable,
+            WORKER,
+            dataset.name,
+            action,
+            str(iterations),
+            run_key,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -157,3 +167,118 @@ def test_a_busy_lock_names_its_holder(reviewed):
         assert "a long write" in proc.stdout
         assert locks.describe_holder() in proc.stdout
     assert locks.current_lock(reviewed) is None
+
+
+# ------------------------------------------------------------- run writes
+
+
+@pytest.fixture
+def scored(short_lease):
+    """A persistent dataset of 3000 labels and a user field that ends like
+    a run's field (``keep_score``), for run writes."""
+    import fault_worker
+
+    fault_worker.register()
+    rng = random.Random(2)
+    dataset = fo.Dataset("hardness-run-faults-%d" % os.getpid())
+    dataset.persistent = True
+    dataset.add_samples(
+        [
+            fo.Sample(
+                filepath="/tmp/run-fault-%d.png" % i,
+                ground_truth=fo.Classification(label=rng.choice(CLASSES)),
+                keep_score=rng.random(),
+            )
+            for i in range(3000)
+        ]
+    )
+    yield dataset
+    dataset.delete()
+
+
+def _user_fields(dataset):
+    return (
+        _raw(dataset, "ground_truth"),
+        _raw(dataset, "keep_score"),
+        _raw(dataset, "filepath"),
+    )
+
+
+def _check_runs(dataset, user):
+    from fiftyone_hardness.dataset_io import runs
+
+    dataset.reload()
+    assert _user_fields(dataset) == user
+    schema = dataset.get_field_schema(include_private=True)
+    declared = {f.db_field or name for name, f in schema.items()}
+    for doc in dataset._sample_collection.find({}):
+        assert not set(doc) - declared, set(doc) - declared
+    for key in runs.list_hardness_runs(dataset):
+        results = dataset.load_run_results(key, cache=False)
+        assert results.num_samples == len(dataset)
+        flags = dataset.count_values(key + "_flag").get(True, 0)
+        assert results.num_flagged == flags
+        pids = dataset.distinct(key + "_pid")
+        assert len(pids) == 1, "run %s mixes processes %s" % (key, pids)
+
+
+def _delete_all_runs(dataset, user):
+    for key in dataset.list_runs():
+        dataset.delete_run(key)
+    dataset.reload()
+    left = [f for f in dataset.get_field_schema() if f.startswith("faulty")]
+    assert not left
+    assert _user_fields(dataset) == user
+
+
+def test_kills_during_run_writes_leave_a_loadable_state(scored):
+    import fiftyone_hardness as foh
+
+    user = _user_fields(scored)
+    rng = random.Random(3)
+    for attempt in range(KILLS):
+        proc = _start(scored, "run", 1000)
+        time.sleep(rng.uniform(0.3, 3.0))
+        sig = signal.SIGKILL if attempt % 2 == 0 else signal.SIGINT
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+        _check_runs(scored, user)
+        foh.repair_hardness_runs(scored)
+        _check_runs(scored, user)
+        # re-running the key is never refused because of a dead run
+        scored.apply_hardness(
+            "test_fault_scores", run_key="faulty", progress=False,
+            overwrite=attempt % 2 == 1,
+        )
+        _check_runs(scored, user)
+        scored.delete_run("faulty")
+    _delete_all_runs(scored, user)
+
+
+def test_same_key_from_two_processes_one_wins(scored):
+    user = _user_fields(scored)
+    procs = [_start(scored, "run_once", 1, run_key="same") for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert sorted(o.split()[0] for o in outs) == ["done", "refused"], outs
+    assert "already exists" in " ".join(outs)
+    _check_runs(scored, user)
+    assert "same" in scored.list_runs()
+
+
+def test_two_keys_written_at_once_keep_both_schemas(scored):
+    user = _user_fields(scored)
+    procs = [
+        _start(scored, "run", 3, run_key=key) for key in ("one", "two")
+    ]
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+        assert out.count("done") == 3, out
+    _check_runs(scored, user)
+    schema = scored.get_field_schema()
+    for key in ("one", "two"):
+        assert {key + "_score", key + "_flag", key + "_c29"} <= set(schema)
+        scored.delete_run(key)
+    scored.reload()
+    assert not [f for f in scored.get_field_schema() if f[:4] in ("one_", "two_")]
+    assert _user_fields(scored) == user
