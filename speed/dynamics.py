@@ -17,11 +17,13 @@ Goal: ``cheap / plain <= 1.3``. Data: scikit-learn digits (raw pixels /
 16, 1797 samples) with 20% symmetric label noise; ``--model cnn`` trains
 the small CNN on the digits as 16x16 images. Run::
 
-    .venv/bin/python benchmarks/dynamics.py [--model mlp|cnn|both]
+    .venv/bin/python speed/dynamics.py [--model mlp|cnn|both]
         [--epochs 20] [--repeats 5] [--threads 1] [--tile 1]
 """
 
 import argparse
+import os
+import sys
 import time
 
 import numpy as np
@@ -29,8 +31,13 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
 
-from fiftyone_hardness.methods import dynamics as fhd
+from fiftyone_hardness.methods.base import select_device
+from fiftyone_hardness.methods.dynamics import adapters
+from fiftyone_hardness.methods.dynamics import recorder
 from fiftyone_hardness.methods.dynamics import scores as fhs
+from fiftyone_hardness.methods.dynamics.config import (
+    SingleDynamicsConfig,
+)
 from fiftyone_hardness.methods.label_noise import inject_label_noise
 
 
@@ -55,26 +62,28 @@ def load(model, tile):
 
 
 def plain(X, y, config, device):
-    fhd.train(X, y, 10, config, device=device, record=False)
+    recorder.train(X, y, 10, config, device=device, record=False)
 
 
 def cheap(X, y, config, device):
-    _, record = fhd.train(X, y, 10, config, device=device)
-    return fhd.compute_methods(record, list(fhs.CHEAP_METHODS))
+    _, record = recorder.train(X, y, 10, config, device=device)
+    return adapters.compute_methods(record, list(fhs.CHEAP_METHODS))
 
 
 def everything(X, y, config, device):
-    record = fhd.record_training(
-        X, y, 10, config, needs=fhd.NEEDS, device=device
+    record = recorder.record_training(
+        X, y, 10, config, needs=recorder.NEEDS, device=device
     )
-    return fhd.compute_methods(record)
+    return adapters.compute_methods(record)
 
 
 def bench(model, args):
     X, y, mask = load(model, args.tile)
-    config = fhd.TrainingConfig(model=model, epochs=args.epochs)
-    X = fhd.prepare_inputs(X, config)
-    device = fhd.select_device(args.device)
+    config = SingleDynamicsConfig(
+        on="images" if model == "cnn" else "embeddings", epochs=args.epochs
+    )
+    X = recorder.prepare_inputs(X, config)
+    device = select_device(args.device)
     cheap(X[:256], y[:256], config, device)  # warm-up
     times = {"plain": [], "cheap": [], "all": []}
     outputs = {}
@@ -142,7 +151,16 @@ def bench(model, args):
     return med
 
 
+def _unshadow_cleanlab():
+    # run as a script, this folder comes first on sys.path, and its
+    # cleanlab.py would shadow the cleanlab package that the cleanlab
+    # method imports (lazily, so dropping the folder here is in time)
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+
+
 def main():
+    _unshadow_cleanlab()
     parser = argparse.ArgumentParser()
     parser.add_argument(
         "--model", default="both", choices=["mlp", "cnn", "both"]

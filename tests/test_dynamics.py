@@ -1,8 +1,14 @@
 """
 Training dynamics: the recorder, the 13 H-CAT methods (formulas pinned on a
 hand-made record, quality on digits with known noise), the consensus, bad
-input, and the run / operator path through ``dataset.apply_hardness``.
+input (refused alike by Python and the App), the package's layers, and the
+run / operator path through ``dataset.apply_hardness``.
 """
+
+import re
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -11,8 +17,16 @@ from sklearn.metrics import roc_auc_score
 
 from fiftyone_hardness.methods import consensus as fhc
 from fiftyone_hardness.methods import dynamics as fhd
-from fiftyone_hardness.methods.dynamics import scores as fhs
 from fiftyone_hardness.methods.base import HardnessError, LabeledData
+from fiftyone_hardness.methods.dynamics import cache as fhcache
+from fiftyone_hardness.methods.dynamics import recorder as fhrec
+from fiftyone_hardness.methods.dynamics import scores as fhs
+from fiftyone_hardness.methods.dynamics.config import (
+    METHOD_DESCRIPTIONS,
+    SINGLE_METHODS,
+    DynamicsConfig,
+    SingleDynamicsConfig,
+)
 from fiftyone_hardness.methods.label_noise import inject_label_noise
 
 ALL = list(fhs.METHODS)
@@ -223,12 +237,12 @@ def _state(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("model", ["mlp", "cnn"])
-def test_recorder_does_not_change_the_trained_model(model):
+@pytest.mark.parametrize("on", ["embeddings", "images"])
+def test_recorder_does_not_change_the_trained_model(on):
     X, y, _ = _digits(n=300)
-    if model == "cnn":
+    if on == "images":
         X = X.reshape(-1, 1, 8, 8)
-    config = fhd.TrainingConfig(model=model, epochs=3, hidden=32, seed=3)
+    config = SingleDynamicsConfig(on=on, epochs=3, hidden=32, seed=3)
     X = fhd.prepare_inputs(X, config)
     plain, none = fhd.train(X, y, 10, config, record=False)
     assert none is None
@@ -252,7 +266,7 @@ def test_recorder_does_not_change_the_trained_model(model):
         X,
         y,
         10,
-        fhd.TrainingConfig(model=model, epochs=3, hidden=32),
+        SingleDynamicsConfig(on=on, epochs=3, hidden=32),
         record=False,
     )
     assert not torch.equal(_state(other)["head.weight"], b["head.weight"])
@@ -285,7 +299,7 @@ def test_vectorized_gradients_match_a_loop():
 def test_running_variance_matches_numpy():
     rng = np.random.default_rng(0)
     grads = rng.normal(size=(4, 5, 2, 3))
-    rv = fhd._RunningVariance()
+    rv = fhrec._RunningVariance()
     for g in grads:
         rv.update(torch.from_numpy(g))
     np.testing.assert_allclose(
@@ -293,24 +307,85 @@ def test_running_variance_matches_numpy():
     )
 
 
+def _vectors_data(X, y, classes=10):
+    return LabeledData(
+        ids=np.array(["s%d" % i for i in range(len(y))]),
+        labels=np.asarray(y),
+        classes=[str(c) for c in range(classes)],
+        load_values=lambda path: list(X),
+    )
+
+
 def test_bad_training_input():
     X, y, _ = _digits(n=200)
-    with pytest.raises(HardnessError, match="at least 2 epochs"):
-        fhd.TrainingConfig(epochs=1).validate()
+    with pytest.raises(HardnessError, match="Invalid epochs=1"):
+        SingleDynamicsConfig(epochs=1)
+    with pytest.raises(HardnessError, match="early_epoch=5.*epochs=3"):
+        SingleDynamicsConfig(epochs=3, early_epoch=5)
     y1 = y.copy()
     y1[y1 == 3] = 4
     y1[0] = 3  # class 3 has one sample
+    config = DynamicsConfig(embeddings_field="x", epochs=2, methods=["aum"])
     with pytest.raises(HardnessError, match="at least 2 samples per class"):
-        fhd.record_training(X, y1, 10, fhd.TrainingConfig(epochs=2))
+        fhd.run_dynamics(_vectors_data(X, y1), config)
+    with pytest.raises(HardnessError, match="embeddings_field=.*images"):
+        fhd.run_dynamics(_vectors_data(X, y), DynamicsConfig(epochs=2))
     Xn = X.copy()
     Xn[5, 2] = np.nan
     with pytest.raises(HardnessError, match="NaN"):
-        fhd.prepare_inputs(Xn, fhd.TrainingConfig())
+        fhd.prepare_inputs(Xn, SingleDynamicsConfig())
+    with pytest.raises(HardnessError, match="NaN"):
+        fhd.run_dynamics(_vectors_data(Xn, y), config)
+    with pytest.raises(HardnessError, match="needs images as an"):
+        fhd.prepare_inputs(X, SingleDynamicsConfig(on="images"))
+
+
+def test_methods_none_means_all_and_order_is_hcat():
+    assert DynamicsConfig().method_names == list(METHOD_DESCRIPTIONS)
+    assert DynamicsConfig(methods=None).method_names == list(
+        METHOD_DESCRIPTIONS
+    )
+    assert DynamicsConfig(methods=["loss", "aum"]).method_names == [
+        "aum",
+        "loss",
+    ]
+
+
+def test_run_dynamics_on_arrays():
+    X, y, mask = _digits(n=400)
+    fhd.clear_cache()
+    config = DynamicsConfig(
+        embeddings_field="x", epochs=4, hidden=32, methods=["aum", "loss"]
+    )
+    out = fhd.run_dynamics(_vectors_data(X, y), config)
+    assert sorted(out.fields) == [
+        "aum_flag",
+        "aum_score",
+        "aum_value",
+        "loss_flag",
+        "loss_score",
+    ]
+    assert out.results["training_config"]["model"] == "mlp"
+    assert out.results["training_config"]["epochs"] == 4
+    assert not out.results["reused_record"]
+    assert _auroc(mask, out.fields["loss_score"]) > 0.7
+    # a single method alone reuses the record, even with another noise rate
+    single = fhd.run_loss(
+        _vectors_data(X, y),
+        SingleDynamicsConfig(
+            embeddings_field="x", epochs=4, hidden=32, noise_rate=0.1
+        ),
+    )
+    assert single.results["reused_record"]
+    np.testing.assert_array_equal(
+        single.fields["score"], out.fields["loss_score"]
+    )
+    assert single.fields["flag"].sum() == 40
 
 
 def test_interrupted_training_records_nothing():
     X, y, _ = _digits(n=200)
-    config = fhd.TrainingConfig(epochs=4, hidden=16)
+    config = SingleDynamicsConfig(epochs=4, hidden=16)
     X = fhd.prepare_inputs(X, config)
     fhd.clear_cache()
 
@@ -322,7 +397,7 @@ def test_interrupted_training_records_nothing():
         fhd.TrainingInterrupted, match="interrupted at epoch 2"
     ):
         fhd.get_record(X, y, 10, config, (), progress=stop)
-    assert not fhd._RECORD_CACHE
+    assert not fhcache._RECORD_CACHE
 
 
 def test_consensus_formulas():
@@ -353,25 +428,26 @@ def test_consensus_formulas():
         fhc.consensus(scores, flags, rule="vote")
 
 
-def test_consensus_reads_members_from_fields():
-    values = {
-        "dyn_aum_score": [0.1, 0.2, 0.3],
-        "dyn_aum_flag": [False, False, True],
-        "dyn_loss_score": [0.3, 0.2, 0.1],
-        "dyn_loss_flag": [True, False, False],
-        "rer_score": [1.0, 2.0, 3.0],
+def test_consensus_reads_members_through_the_data():
+    members = {
+        "dyn": [
+            ("dyn.aum", [0.1, 0.2, 0.3], [False, False, True]),
+            ("dyn.loss", [0.3, 0.2, 0.1], [True, False, False]),
+        ],
+        "rer": [("rer", [1.0, 2.0, 3.0], None)],
     }
+    members["dyn.loss"] = members["dyn"][1:]
 
-    def load(path):
-        if path not in values:
-            raise ValueError("no field %s" % path)
-        return values[path]
+    def load_scores(member):
+        if member not in members:
+            raise HardnessError("No scores for consensus member %r" % member)
+        return members[member]
 
     data = LabeledData(
         ids=np.array(["a", "b", "c"]),
         labels=np.array([0, 1, 0]),
         classes=["x", "y"],
-        load_values=load,
+        load_scores=load_scores,
     )
     scores, flags = fhc.resolve_members(data, ["dyn", "rer"])
     assert sorted(scores) == ["dyn.aum", "dyn.loss", "rer"]
@@ -381,7 +457,8 @@ def test_consensus_reads_members_from_fields():
     with pytest.raises(HardnessError, match="No scores for consensus"):
         fhc.resolve_members(data, ["nothing"])
     out = fhc.run_consensus(
-        data, runs=["dyn", "rer"], rule="top", noise_rate=1 / 3
+        data,
+        fhc.ConsensusConfig(runs=["dyn", "rer"], rule="top", noise_rate=1 / 3),
     )
     assert out.fields["flag"].sum() == 1
     assert out.results["spearman"]["names"] == ["dyn.aum", "dyn.loss", "rer"]
@@ -399,7 +476,7 @@ def test_dynamics_on_digits_pixels(digits):
 
     fhd.clear_cache()
     truth = digits.values("mislabeled")
-    results = digits.apply_hardness("dynamics", embeddings_field="pixels")
+    digits.apply_hardness("dynamics", embeddings_field="pixels")
 
     aurocs = {}
     for m in ALL:
@@ -492,16 +569,8 @@ def test_dynamics_bad_input_writes_nothing(digits):
             f for f in digits.get_field_schema() if f.startswith("dynamics")
         ]
 
-    with pytest.raises(HardnessError, match="at least 2 epochs"):
-        digits.apply_hardness("dynamics", embeddings_field="pixels", epochs=1)
     with pytest.raises(HardnessError, match="embeddings_field"):
         digits.apply_hardness("dynamics")
-    with pytest.raises(HardnessError, match="Unknown training-dynamics"):
-        digits.apply_hardness(
-            "dynamics", embeddings_field="pixels", methods=["aum", "nope"]
-        )
-    with pytest.raises(HardnessError, match="Unknown training-dynamics par"):
-        digits.apply_hardness("dynamics", embeddings_field="pixels", epoch=3)
 
     one = digits.match({"ground_truth.label": {"$ne": "3"}}).limit(300)
     three = digits.match({"ground_truth.label": "3"}).limit(1)
@@ -549,6 +618,73 @@ def test_small_cnn_on_images_end_to_end(digits):
     assert len(digits.exists("cnn_vog_score")) == 300
 
 
+#: invalid parameters, each refused alike by Python and the App: the
+#: values, Python's message and the App's (when it differs: the App offers
+#: no early_epoch, so a value for it is an unknown parameter there)
+INVALID = [
+    ({"epochs": 1}, "Invalid epochs=1", None),
+    ({"epochs": "abc"}, "Invalid epochs='abc'", None),
+    ({"methods": ["aum", "nope"]}, "unknown method.*'nope'", None),
+    ({"methods": []}, "at least one method", None),
+    ({"noise_rate": 1.5}, "Invalid noise_rate=1.5", None),
+    (
+        {"epochs": 3, "early_epoch": 5},
+        "early_epoch=5.*epochs=3",
+        "Unknown parameter early_epoch",
+    ),
+    ({"on": "pixels"}, "Invalid on='pixels'", None),
+    ({"epoch": 3}, "Unknown parameter epoch.*valid parameters", None),
+]
+
+
+@pytest.mark.parametrize(
+    "bad,message,app_message", INVALID, ids=[str(i[0]) for i in INVALID]
+)
+def test_invalid_values_are_refused_by_python_and_the_app(
+    plugins_dir, digits, bad, message, app_message
+):
+    import fiftyone.operators as foo
+
+    import fiftyone_hardness as foh
+
+    view = digits.take(100, seed=0)
+
+    def nothing_written():
+        return "bad" not in digits.list_runs() and not [
+            f for f in digits.get_field_schema() if f.startswith("bad_")
+        ]
+
+    def reads_nothing(*args, **kwargs):
+        raise AssertionError("data were read before the config was checked")
+
+    # Python: both entry points refuse before reading any data
+    from fiftyone_hardness.dataset_io import data as fhdata
+
+    real = fhdata.load_labeled_data
+    fhdata.load_labeled_data = reads_nothing
+    try:
+        with pytest.raises(HardnessError, match=message):
+            view.apply_hardness(
+                "dynamics", embeddings_field="pixels", run_key="bad", **bad
+            )
+        with pytest.raises(HardnessError, match=message):
+            foh.compute_dynamics(
+                view, embeddings_field="pixels", run_key="bad", **bad
+            )
+    finally:
+        fhdata.load_labeled_data = real
+    assert nothing_written()
+
+    # the App: FiftyOne refuses to execute a form with an invalid input
+    from fiftyone.operators.executor import ExecutionError
+
+    operator = foo.get_operator("@fiftyone-hardness/hardness/compute_dynamics")
+    with pytest.raises(ExecutionError, match="Validation error") as error:
+        operator(view, embeddings_field="pixels", run_key="bad", **bad)
+    assert re.search(app_message or message, str(error.value)), error.value
+    assert nothing_written()
+
+
 def test_operators(plugins_dir, digits):
     import fiftyone.operators as foo
 
@@ -564,10 +700,12 @@ def test_operators(plugins_dir, digits):
     assert result.error is None, result.error
     assert len(digits.exists("op_dyn_aum_score")) == 200
     assert not digits.has_field("op_dyn_vog_score")
+    config = digits.get_run_info("op_dyn").config
+    assert config.epochs == 3
 
-    result = foo.get_operator(
-        "@fiftyone-hardness/hardness/compute_consensus"
-    )(view, runs=["op_dyn"], run_key="op_cons")
+    result = foo.get_operator("@fiftyone-hardness/hardness/compute_consensus")(
+        view, runs=["op_dyn"], run_key="op_cons"
+    )
     assert result.error is None, result.error
     assert len(digits.exists("op_cons_score")) == 200
     assert digits.load_run_results("op_cons").members == [
@@ -576,22 +714,104 @@ def test_operators(plugins_dir, digits):
         "op_dyn.loss",
     ]
 
-    # the forms build for both inputs and list the runs as members
+    # a small CNN on the images: no embeddings field needed or computed
+    result = foo.get_operator(uri)(
+        view,
+        on="images",
+        image_size=16,
+        epochs=2,
+        hidden=16,
+        methods=["aum"],
+        run_key="op_cnn",
+    )
+    assert result.error is None, result.error
+    assert len(digits.exists("op_cnn_aum_score")) == 200
+    assert digits.load_run_results("op_cnn").training_config["model"] == "cnn"
+    assert not digits.has_field("embeddings")
+
+
+def _form(digits, params):
     from types import SimpleNamespace
 
     from fiftyone_hardness.operators import dynamics as fhod
 
-    for params in ({}, {"on": "images"}, {"epochs": 1}):
-        ctx = SimpleNamespace(
-            params=params, view=digits.view(), dataset=digits
-        )
-        form = fhod.ComputeDynamics().resolve_input(ctx).to_json()
-        names = set(form["type"]["properties"])
-        assert "label_field" in names
-        assert ("embeddings_field" in names) == ("on" not in params)
-        assert ("few_epochs" in names) == (params.get("epochs") == 1)
-    ctx = SimpleNamespace(params={}, view=digits.view(), dataset=digits)
-    form = fhod.ComputeConsensus().resolve_input(ctx).to_json()
-    choices = form["type"]["properties"]["runs"]["view"]["choices"]
-    values = [c["value"] for c in choices]
-    assert "op_dyn" in values and "op_dyn.aum" in values
+    ctx = SimpleNamespace(params=params, view=digits.view(), dataset=digits)
+    return (
+        fhod.ComputeDynamics()
+        .resolve_input(ctx)
+        .to_json()["type"]["properties"]
+    )
+
+
+def test_form_comes_from_the_config(digits):
+    form = _form(digits, {})
+    # what the old form offered, with the config's defaults and choices
+    for name in (
+        "label_field",
+        "embeddings_field",
+        "on",
+        "methods",
+        "epochs",
+        "batch_size",
+        "lr",
+        "hidden",
+        "seed",
+        "noise_rate",
+        "run_key",
+    ):
+        assert name in form, name
+    assert "image_size" not in form  # only for on="images"
+    assert "early_epoch" not in form  # form=False in the config
+    choices = form["methods"]["view"]["choices"]
+    assert [(c["value"], c["label"]) for c in choices] == list(
+        METHOD_DESCRIPTIONS.items()
+    )
+    assert form["epochs"]["default"] == 20
+    assert [c["value"] for c in form["on"]["view"]["choices"]] == [
+        "embeddings",
+        "images",
+    ]
+
+    images = _form(digits, {"on": "images"})
+    assert "embeddings_field" not in images
+    assert "image_size" in images
+
+    # an invalid value is marked at its field, with Python's message
+    bad = _form(digits, {"epochs": 1})
+    assert bad["epochs"]["invalid"]
+    assert "Invalid epochs=1" in bad["epochs"]["error_message"]
+    assert not any(p.get("invalid") for p in form.values())
+
+
+def test_one_source_of_method_names():
+    from fiftyone_hardness.methods import registry
+
+    assert list(fhs.METHODS) == list(METHOD_DESCRIPTIONS)
+    assert list(SINGLE_METHODS) == [
+        m for m in METHOD_DESCRIPTIONS if m != "cleanlab"
+    ]
+    for cls in fhs.METHODS.values():
+        assert "description" not in vars(cls), cls
+    methods = registry.list_methods()
+    for name, description in SINGLE_METHODS.items():
+        assert methods[name] == description
+        run = registry.get_method(name)
+        assert run.__name__ == "run_%s" % name
+        assert description in run.__doc__
+
+
+def test_importing_the_package_imports_no_torch():
+    code = textwrap.dedent("""
+        import sys
+        import fiftyone_hardness
+        from fiftyone_hardness.methods import registry
+        from fiftyone_hardness.methods import dynamics
+        import fiftyone_hardness.methods.dynamics.config
+        import fiftyone_hardness.methods.dynamics.scores
+        registry.list_methods()
+        registry.get_spec("dynamics").get_config_class()
+        assert "torch" not in sys.modules, "torch imported"
+        assert callable(dynamics.run_aum)
+        assert "torch" in sys.modules
+        """)
+    subprocess.run([sys.executable, "-c", code], check=True)

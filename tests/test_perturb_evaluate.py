@@ -405,6 +405,26 @@ def test_image_injection_writes_new_files_only(digits_dataset, kind, tmp_path):
     assert source.values("filepath") == paths
 
 
+def test_image_injection_can_be_rerun_with_overwrite(digits_dataset, tmp_path):
+    out_dir = str(tmp_path / "rerun")
+    paths = digits_dataset.values("filepath")
+    hashes = _hash_files(paths)
+    kwargs = dict(rate=0.05, seed=1, output_dir=out_dir, name="inj-rerun")
+    first = fhp.inject_hardness(digits_dataset, "crop_shift", **kwargs)
+    first_files = set(os.listdir(out_dir))
+    try:
+        second = fhp.inject_hardness(
+            digits_dataset, "crop_shift", overwrite=True, **kwargs
+        )
+        truth = np.array(second.values(fhp.TRUTH_FIELD), dtype=bool)
+        new = np.array(second.values("filepath"))[truth]
+        assert all(os.path.exists(p) for p in new)
+        assert not set(map(os.path.basename, new)) & first_files
+    finally:
+        fo.delete_dataset("inj-rerun")
+    assert _hash_files(paths) == hashes
+
+
 def test_image_truth_counts_only_real_changes(tmp_path):
     from PIL import Image
 

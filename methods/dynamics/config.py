@@ -5,6 +5,7 @@ validation, the App form and the stored run config.
 
 Imports no torch, so that building a form or listing methods stays cheap.
 """
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,11 +46,6 @@ ON_CHOICES = [
     ("images", "Small CNN on the images"),
 ]
 
-MODEL_CHOICES = [
-    ("mlp", "MLP (on vectors)"),
-    ("cnn", "Small CNN (on images)"),
-]
-
 CHANNEL_CHOICES = [
     ("auto", "As the images are"),
     ("gray", "Grayscale"),
@@ -62,12 +58,29 @@ VOG_TARGETS = [
 ]
 
 
+#: parameters that do not change the trained model (see
+#: :meth:`SingleDynamicsConfig.training_dict`)
+_NOT_TRAINING = (
+    "embeddings_field",
+    "image_size",
+    "channels",
+    "noise_rate",
+    "device",
+    "use_cache",
+    "methods",
+)
+
+
 @dataclass
 class SingleDynamicsConfig(MethodConfig):
     """Training dynamics: train a model once with a recorder (an MLP on an
     embeddings field, or a small CNN on the images) and score each sample
     from what it recorded; see ``docs/methods.md`` section 3. Two runs with
-    equal configs on equal data train identical models (on CPU)."""
+    equal configs on equal data train identical models (on CPU).
+
+    This is also the training setup of the recorder
+    (:mod:`fiftyone_hardness.methods.dynamics.recorder`): :attr:`model`,
+    :attr:`early_index` and :attr:`vog_indices` are derived from it."""
 
     embeddings_field: str = param(
         None,
@@ -95,30 +108,43 @@ class SingleDynamicsConfig(MethodConfig):
     epochs: int = param(20, "Training epochs", minimum=2, label="Epochs")
     batch_size: int = param(64, "Minibatch size", minimum=1)
     lr: float = param(
-        1e-3, "Adam learning rate", minimum=0, exclusive_minimum=True,
+        1e-3,
+        "Adam learning rate",
+        minimum=0,
+        exclusive_minimum=True,
         label="Learning rate",
     )
     hidden: int = param(
-        256, "Width of the penultimate layer", minimum=1,
+        256,
+        "Width of the penultimate layer",
+        minimum=1,
         label="Hidden units",
     )
     seed: int = param(
         0, "Seed of initialization, shuffling and dropout", minimum=0
     )
     image_size: int = param(
-        32, "Image side for on='images'", minimum=8,
+        32,
+        "Image side for on='images'",
+        minimum=8,
         label="Image size (px)",
     )
     channels: str = param(
-        "auto", "Image channels for on='images'", choices=CHANNEL_CHOICES,
+        "auto",
+        "Image channels for on='images'",
+        choices=CHANNEL_CHOICES,
         form=False,
     )
     weight_decay: float = param(
         0.0, "Adam weight decay", minimum=0, form=False
     )
     dropout: float = param(
-        0.2, "Dropout before the last layer (MC dropout uses it)",
-        minimum=0, maximum=1, exclusive_maximum=True, form=False,
+        0.2,
+        "Dropout before the last layer (MC dropout uses it)",
+        minimum=0,
+        maximum=1,
+        exclusive_maximum=True,
+        form=False,
     )
     standardize: bool = param(
         True,
@@ -168,8 +194,10 @@ class SingleDynamicsConfig(MethodConfig):
         form=False,
     )
     cv_folds: int = param(
-        3, "Folds of the cross-validated probabilities for cleanlab",
-        minimum=2, form=False,
+        3,
+        "Folds of the cross-validated probabilities for cleanlab",
+        minimum=2,
+        form=False,
     )
     detector_flip_rate: float = param(
         0.1,
@@ -182,7 +210,9 @@ class SingleDynamicsConfig(MethodConfig):
         form=False,
     )
     eval_batch_size: int = param(
-        1024, "Batch size of the recorder's eval passes", minimum=1,
+        1024,
+        "Batch size of the recorder's eval passes",
+        minimum=1,
         form=False,
     )
     device: str = param(
@@ -202,6 +232,18 @@ class SingleDynamicsConfig(MethodConfig):
                 % (self.early_epoch, self.epochs),
             )
         return None
+
+    def training_dict(self):
+        """Returns the parameters that decide the trained model and what the
+        recorder collects, plus :attr:`model`: a record's config and its
+        cache key. The others choose the inputs (which are hashed
+        themselves), the flags or the caching, so a record is reused across
+        them."""
+        values = self.to_dict()
+        for name in _NOT_TRAINING:
+            values.pop(name, None)
+        values["model"] = self.model
+        return values
 
     @property
     def model(self):
@@ -238,7 +280,7 @@ def _check_methods(value):
 @dataclass
 class DynamicsConfig(SingleDynamicsConfig):
     """The ``"dynamics"`` run: :class:`SingleDynamicsConfig` plus the
-    choice of methods (all 13 by default)."""
+    choice of methods (all 13 by default; None also means all 13)."""
 
     methods: list = param(
         list(METHOD_DESCRIPTIONS),
@@ -250,3 +292,10 @@ class DynamicsConfig(SingleDynamicsConfig):
         form_choices=list(METHOD_DESCRIPTIONS.items()),
         label="Methods",
     )
+
+    @property
+    def method_names(self):
+        """The chosen method names, in H-CAT's order (all 13 when
+        :attr:`methods` is None)."""
+        chosen = set(self.methods or METHOD_DESCRIPTIONS)
+        return [name for name in METHOD_DESCRIPTIONS if name in chosen]

@@ -1,12 +1,15 @@
 """
 The 13 H-CAT training-dynamics hardness methods, each computed from one
-:class:`fiftyone_hardness.methods.dynamics.TrainingRecord`.
+:class:`fiftyone_hardness.methods.dynamics.recorder.TrainingRecord`; see
+``docs/methods.md`` section 3. Their names, order and descriptions are
+:data:`fiftyone_hardness.methods.dynamics.config.METHOD_DESCRIPTIONS`.
 
 A method is a small class: its :attr:`HardnessMethod.needs` tell the
 recorder what to collect, and :meth:`HardnessMethod.compute` turns the
 record into a score oriented **higher = harder / more likely mislabeled**,
 a flag from a documented rule, and extras. Adding a method is one new class
-listed in :data:`METHODS`.
+listed in :data:`METHODS` (and, for a built-in method, one entry of
+``METHOD_DESCRIPTIONS``).
 
 Flag rules:
 
@@ -28,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fiftyone_hardness.methods.base import HardnessError, top_fraction_flags
+from fiftyone_hardness.methods.dynamics.config import METHOD_DESCRIPTIONS
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +74,6 @@ class HardnessMethod(object):
 
     #: the method name (field ``{run_key}_{name}_score``)
     name = None
-    #: one-line description
-    description = ""
     #: recorder needs beyond ``logits`` and ``margins``
     needs = frozenset()
     #: whether the flag is the top ``noise_rate`` fraction
@@ -92,7 +94,8 @@ class HardnessMethod(object):
         """Computes the method on ``record``.
 
         Args:
-            record: a :class:`TrainingRecord`
+            record: a
+                :class:`~fiftyone_hardness.methods.dynamics.recorder.TrainingRecord`
             noise_rate (None): the noise rate for top-fraction flags; None
                 for :func:`estimate_noise_rate`
 
@@ -161,7 +164,6 @@ class AUM(HardnessMethod):
     minibatch update of ``z_y~ - max_{j != y~} z_j``; score = -AUM."""
 
     name = "aum"
-    description = "area under the margin of the training passes (-AUM)"
     top_fraction = False
     rule = "AUM < 0"
 
@@ -195,7 +197,6 @@ class DataIQ(HardnessMethod):
     ``1 - confidence``: ``score = level(group) + 1 - confidence``."""
 
     name = "data_iq"
-    description = "Data-IQ group, then 1 - confidence"
     top_fraction = False
     rule = "group == 'hard'"
 
@@ -218,7 +219,6 @@ class DataMaps(HardnessMethod):
     ``mean_e p`` and variability ``std_e p``; score = 1 - confidence."""
 
     name = "data_maps"
-    description = "Data Maps: 1 - confidence (variability as an extra)"
     top_fraction = False
     rule = "confidence < 0.5 (hard to learn)"
 
@@ -238,7 +238,6 @@ class EL2N(HardnessMethod):
     early epoch."""
 
     name = "el2n"
-    description = "error L2 norm early in training"
 
     def scores(self, record):
         p = record.probs[record.early_index]
@@ -251,7 +250,6 @@ class GraNd(HardnessMethod):
     loss with respect to all parameters at the early epoch."""
 
     name = "grand"
-    description = "per-sample gradient norm early in training"
     needs = frozenset(["grand"])
 
     def scores(self, record):
@@ -273,7 +271,6 @@ class Forgetting(HardnessMethod):
     every sample that was learned."""
 
     name = "forgetting"
-    description = "forgetting events; never learned ranks highest"
     top_fraction = False
     rule = "never learned"
 
@@ -293,7 +290,6 @@ class SmallLoss(HardnessMethod):
     logits with the observed label."""
 
     name = "loss"
-    description = "mean cross-entropy over epochs"
 
     def scores(self, record):
         return -np.log(np.clip(record.label_probs, _EPS, None)).mean(0), {}
@@ -305,7 +301,6 @@ class Prototypicality(HardnessMethod):
     observed class."""
 
     name = "prototypicality"
-    description = "cosine distance to the observed class centroid"
     needs = frozenset(["features"])
 
     def scores(self, record):
@@ -338,11 +333,11 @@ class VoG(HardnessMethod):
     checkpoints of the input gradient of the observed class (of
     ``log p(y~|x)`` by default, of the logit ``z_y~`` with
     ``vog_target="logit"``; see
-    :class:`fiftyone_hardness.methods.dynamics.TrainingConfig`), averaged
+    :class:`fiftyone_hardness.methods.dynamics.config.SingleDynamicsConfig`),
+    averaged
     over input dims, z-scored within each observed class."""
 
     name = "vog"
-    description = "variance of input gradients over checkpoints"
     needs = frozenset(["vog"])
 
     def scores(self, record):
@@ -355,7 +350,6 @@ class ALLSH(HardnessMethod):
     Gaussian noise)."""
 
     name = "allsh"
-    description = "KL divergence under label-preserving augmentation"
     needs = frozenset(["augment"])
 
     def scores(self, record):
@@ -371,7 +365,6 @@ class ConfAgree(HardnessMethod):
     passes whose argmax is that class."""
 
     name = "conf_agree"
-    description = "1 - MC-dropout confidence in the predicted class"
     needs = frozenset(["mc_dropout"])
 
     def scores(self, record):
@@ -398,7 +391,6 @@ class Detector(HardnessMethod):
     (negatives); applied to this run's trajectories. Score = P(noisy)."""
 
     name = "detector"
-    description = "P(noisy) from a detector of flipped-label trajectories"
     needs = frozenset(["calibration"])
     top_fraction = False
     rule = "P(noisy) > 0.5"
@@ -429,7 +421,6 @@ class Cleanlab(HardnessMethod):
     confidence); flags from ``cleanlab.filter.find_label_issues``."""
 
     name = "cleanlab"
-    description = "confident learning on cross-validated probabilities"
     needs = frozenset(["cv_probs"])
     top_fraction = False
     rule = "cleanlab.filter.find_label_issues (prune_by_noise_rate)"
@@ -448,14 +439,15 @@ class Cleanlab(HardnessMethod):
         # n_jobs=1: cleanlab's process pool costs more than it saves here,
         # and fails inside spawned worker processes
         flag = find_label_issues(
-            record.labels, record.cv_probs, filter_by="prune_by_noise_rate",
+            record.labels,
+            record.cv_probs,
+            filter_by="prune_by_noise_rate",
             n_jobs=1,
         )
         return flag, float(score[flag].min()) if flag.any() else None
 
 
-#: name -> method class, in H-CAT's order
-METHODS = {
+_CLASSES = {
     m.name: m
     for m in (
         AUM,
@@ -473,6 +465,10 @@ METHODS = {
         Cleanlab,
     )
 }
+
+#: name -> method class, in H-CAT's order (the names and the order are
+#: those of ``METHOD_DESCRIPTIONS``; a name without a class fails here)
+METHODS = {name: _CLASSES[name] for name in METHOD_DESCRIPTIONS}
 
 #: the methods that cost nothing beyond the recorder's logits and margins
 CHEAP_METHODS = ("aum", "data_iq", "data_maps", "el2n", "loss", "forgetting")
