@@ -247,7 +247,11 @@ def scored_view(samples, results, score=None):
 def class_view(samples, results, label, score=None):
     """Returns the scored samples labelled ``label``, hardest first."""
     field = as_score(results, score).score_field
-    view = samples.match(F(results.label_field + ".label") == label)
+    # a literal: a class name starting with "$" would otherwise be read as
+    # a field path by MongoDB's expression language
+    view = samples.match(
+        F(results.label_field + ".label") == F.literal(str(label))
+    )
     return view.exists(field).sort_by(field, reverse=True)
 
 

@@ -87,3 +87,24 @@ def test_malformed_run_keys_are_refused_before_computing(small, key):
             "cleanlab", run_key=key, embeddings_field="pixels"
         )
     assert not small.list_runs()
+
+
+def _label_scores(data):
+    from fiftyone_hardness.methods.base import MethodOutput
+
+    score = np.linspace(0, 1, data.num_samples)
+    return MethodOutput(fields={"score": score, "flag": score > 0.5})
+
+
+def test_class_names_starting_with_a_dollar_get_their_view(small):
+    from fiftyone_hardness.dataset_io import run_views
+    from fiftyone_hardness.methods import registry
+
+    registry.register_method("test_linear", _label_scores, "test")
+    ids = small.values("id")[:5]
+    for sample in small.select(ids):
+        sample.ground_truth.label = "$dollar"
+        sample.save()
+    results = small.apply_hardness("test_linear", run_key="lin")
+    view = run_views.class_view(small, results, "$dollar")
+    assert sorted(view.values("id")) == sorted(ids)
