@@ -1,6 +1,7 @@
 """
 Confident learning (cleanlab) on out-of-sample class probabilities: per-sample
-label quality, label-issue flags and the dataset's health summary.
+label quality, label-issue flags and the dataset's health summary; see
+``docs/methods.md`` section 2.
 
 Array level (no database): :func:`validate_pred_probs`,
 :func:`logits_to_probs`, :func:`confident_learning` (scores, flags, health
@@ -9,11 +10,12 @@ summary; one set of probabilities or an ensemble), :func:`find_issues`
 memory-bounded variant for very large N), :func:`health_summary` and
 :func:`remove_and_retrain`.
 
-FiftyOne level: :func:`run_cleanlab`, the ``"cleanlab"`` hardness method,
-reads out-of-sample probabilities from a predictions field (``logits`` of a
-``fo.Classification``, or a vector field of per-class probabilities) or
-computes them from an embeddings field with a cross-validated probe or a
-leave-one-out k-NN vote (:mod:`fiftyone_hardness.methods.probes`).
+Method level: :func:`run_cleanlab`, the ``"cleanlab"`` hardness method,
+configured by :class:`CleanlabConfig`, reads out-of-sample probabilities
+from a predictions field (``logits`` of a ``fo.Classification``, or a vector
+field of per-class probabilities) or computes them from an embeddings field
+with a cross-validated probe or a leave-one-out k-NN vote
+(:mod:`fiftyone_hardness.methods.probes`).
 
 Stored score: ``1 - label quality`` (higher = more likely mislabeled).
 """
@@ -23,11 +25,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fiftyone_hardness.methods.config import MethodConfig, param
 from fiftyone_hardness.methods.base import (
     HardnessError,
     MethodOutput,
     no_progress,
+)
+from fiftyone_hardness.methods.config import MethodConfig, param
+from fiftyone_hardness.methods import probes
+from fiftyone_hardness.methods.probes import PROBE_MODELS, PROBE_OPTIONS
+from fiftyone_hardness.methods.validation import (
+    check_features,
+    check_labels,
 )
 
 logger = logging.getLogger(__name__)
@@ -70,8 +78,10 @@ BATCHED_CHOICES = [
 def _check_pred_field(value):
     if isinstance(value, str) and value:
         return None
-    if isinstance(value, (list, tuple)) and value and all(
-        isinstance(v, str) and v for v in value
+    if (
+        isinstance(value, (list, tuple))
+        and value
+        and all(isinstance(v, str) and v for v in value)
     ):
         return None
     return "expected a field name or a list of field names"
@@ -87,6 +97,19 @@ def _check_classes(value):
     ):
         return None
     return "expected a list of class names, or a dict field -> list"
+
+
+def _check_probe_kwargs(value):
+    if not isinstance(value, dict):
+        return "expected a dict of probe options"
+    unknown = sorted(set(value) - set(PROBE_OPTIONS))
+    if unknown:
+        return "unknown probe option%s %s; valid options: %s" % (
+            "s" if len(unknown) > 1 else "",
+            ", ".join(map(str, unknown)),
+            ", ".join(PROBE_OPTIONS),
+        )
+    return None
 
 
 @dataclass
@@ -140,8 +163,9 @@ class CleanlabConfig(MethodConfig):
     n_folds: int = param(
         5, "Probe cross-validation folds", minimum=2, label="Folds"
     )
-    k: int = param(10, "Neighbours of the k-NN vote", minimum=1,
-                   label="Neighbours (k)")
+    k: int = param(
+        10, "Neighbours of the k-NN vote", minimum=1, label="Neighbours (k)"
+    )
     seed: int = param(0, "Random seed", minimum=0)
     device: str = param(
         None, "torch device; 'cuda' when available", kind="str", form=False
@@ -166,20 +190,22 @@ class CleanlabConfig(MethodConfig):
     eval_label_field: str = param(
         None,
         "A fo.Classification field of trusted labels to evaluate the "
-        "retrained probes against",
+        "retrained probes against (with remove_and_retrain)",
         kind="str",
         form=False,
     )
     probe_kwargs: dict = param(
         None,
-        "Extra arguments of "
-        "fiftyone_hardness.methods.probes.cross_val_probs",
+        "Options of the probes (%s), passed to "
+        "fiftyone_hardness.methods.probes.cross_val_probs and, with "
+        "remove_and_retrain, fit_predict_probs" % ", ".join(PROBE_OPTIONS),
         kind="any",
+        check=_check_probe_kwargs,
         form=False,
     )
 
     def check(self):
-        if self.pred_field is None and not self.embeddings_field:
+        if not self.pred_field and not self.embeddings_field:
             return (
                 "embeddings_field",
                 "cleanlab needs out-of-sample probabilities: pass "
@@ -193,10 +219,12 @@ class CleanlabConfig(MethodConfig):
                 "remove_and_retrain trains probes on embeddings: pass "
                 "embeddings_field=...",
             )
-        if self.probe_kwargs is not None and not isinstance(
-            self.probe_kwargs, dict
-        ):
-            return ("probe_kwargs", "Invalid probe_kwargs: expected a dict")
+        if self.eval_label_field and not self.remove_and_retrain:
+            return (
+                "eval_label_field",
+                "eval_label_field only evaluates the probes of "
+                "remove_and_retrain: pass remove_and_retrain=True",
+            )
         return None
 
 
@@ -297,20 +325,13 @@ def logits_to_probs(logits, name="logits"):
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def _check_labels(labels, num_classes):
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise HardnessError("labels must be a 1-D array of class indices")
-    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise HardnessError(
-            "labels must be class indices in 0..%d; got values in [%d, %d]"
-            % (num_classes - 1, labels.min(), labels.max())
-        )
-    if len(np.unique(labels)) < 2:
-        raise HardnessError(
-            "Confident learning needs labels of at least 2 classes"
-        )
-    return labels.astype(np.int64)
+def _check_option(name, value):
+    """Refuses a value of :class:`CleanlabConfig` parameter ``name`` that
+    it does not accept, with the config's message (the array functions are
+    also called directly, without a config)."""
+    message = CleanlabConfig.parameter(name).error(value)
+    if message is not None:
+        raise HardnessError(message)
 
 
 def label_quality_scores(labels, pred_probs, method="self_confidence"):
@@ -320,11 +341,7 @@ def label_quality_scores(labels, pred_probs, method="self_confidence"):
     (members weighted by their accuracy)."""
     import cleanlab.rank
 
-    if method not in SCORE_METHODS:
-        raise HardnessError(
-            "Unknown score method '%s'; choose one of %s"
-            % (method, ", ".join(SCORE_METHODS))
-        )
+    _check_option("score_method", method)
     if isinstance(pred_probs, (list, tuple)):
         if len(pred_probs) == 1:
             pred_probs = pred_probs[0]
@@ -366,11 +383,7 @@ def find_issues(
         a tuple ``(mask, how)``: the (N,) bool flags and a string naming the
         rule that produced them
     """
-    if filter_by not in FILTER_BY:
-        raise HardnessError(
-            "Unknown filter_by '%s'; choose one of %s"
-            % (filter_by, ", ".join(FILTER_BY))
-        )
+    _check_option("filter_by", filter_by)
     if batched == "auto":
         batched = pred_probs.size > BATCHED_MIN_SIZE
     if batched:
@@ -527,24 +540,15 @@ def confident_learning(
         HardnessError: bad shapes, labels out of range, probabilities that
             are not probabilities, unknown options
     """
-    members = pred_probs if isinstance(pred_probs, (list, tuple)) else None
-    if members is not None:
-        if not members:
-            raise HardnessError("An ensemble needs at least one member")
-        members = [
-            validate_pred_probs(p, name="pred_probs[%d]" % i)
-            for i, p in enumerate(members)
-        ]
-        shapes = {p.shape for p in members}
-        if len(shapes) > 1:
-            raise HardnessError(
-                "Ensemble members have different shapes %s" % sorted(shapes)
-            )
-        probs = np.mean(members, axis=0)
-    else:
-        probs = validate_pred_probs(pred_probs)
+    for name, value in (
+        ("score_method", score_method),
+        ("filter_by", filter_by),
+        ("batched", batched),
+    ):
+        _check_option(name, value)
+    members, probs = _ensemble_mean(pred_probs)
     num_samples, num_classes = probs.shape
-    labels = _check_labels(labels, num_classes)
+    labels, _, _ = check_labels(labels, num_classes, what="Confident learning")
     if len(labels) != num_samples:
         raise HardnessError(
             "pred_probs has %d rows but there are %d labels"
@@ -554,11 +558,6 @@ def confident_learning(
         raise HardnessError(
             "%d class names for %d probability columns"
             % (len(classes), num_classes)
-        )
-    if score_method not in SCORE_METHODS:
-        raise HardnessError(
-            "Unknown score method '%s'; choose one of %s"
-            % (score_method, ", ".join(SCORE_METHODS))
         )
 
     quality = label_quality_scores(
@@ -591,6 +590,26 @@ def confident_learning(
         "pred_probs": probs,
         "results": results,
     }
+
+
+def _ensemble_mean(pred_probs):
+    """Validates one (N, K) array of probabilities, or a list of them (an
+    ensemble), and returns ``(members or None, probabilities)``, the
+    probabilities of an ensemble being the members' mean."""
+    if not isinstance(pred_probs, (list, tuple)):
+        return None, validate_pred_probs(pred_probs)
+    if not pred_probs:
+        raise HardnessError("An ensemble needs at least one member")
+    members = [
+        validate_pred_probs(p, name="pred_probs[%d]" % i)
+        for i, p in enumerate(pred_probs)
+    ]
+    shapes = {p.shape for p in members}
+    if len(shapes) > 1:
+        raise HardnessError(
+            "Ensemble members have different shapes %s" % sorted(shapes)
+        )
+    return members, np.mean(members, axis=0)
 
 
 def remove_and_retrain(
@@ -631,14 +650,15 @@ def remove_and_retrain(
         ``num_train``, ``num_removed``, ``num_test``, ``evaluated_on``,
         ``model``
     """
-    from fiftyone_hardness.methods import probes
-
-    labels = np.asarray(labels, dtype=np.int64)
+    labels, num_classes, _ = check_labels(
+        labels, num_classes, what="Remove and retrain"
+    )
+    X = check_features(X, num_rows=len(labels))
     flags = np.asarray(flags, dtype=bool)
-    if num_classes is None:
-        num_classes = int(labels.max()) + 1
-    if len(flags) != len(labels) or len(X) != len(labels):
-        raise HardnessError("X, labels and flags must have the same length")
+    if flags.shape != labels.shape:
+        raise HardnessError(
+            "Got %d flags for %d labels" % (len(flags), len(labels))
+        )
     if not 0 < test_fraction < 1:
         raise HardnessError("test_fraction must be in (0, 1)")
     n_folds = max(2, int(round(1.0 / test_fraction)))
@@ -685,32 +705,36 @@ def remove_and_retrain(
     }
 
 
-_remove_and_retrain = remove_and_retrain
-
-
 # --------------------------------------------------------------------------
-# FiftyOne adapter
+# The "cleanlab" method
 # --------------------------------------------------------------------------
 
 
-def run_cleanlab(
-    data,
-    pred_field=None,
-    embeddings_field=None,
-    probs="logreg",
-    classes=None,
-    score_method="self_confidence",
-    filter_by="prune_by_noise_rate",
-    n_folds=5,
-    k=10,
-    seed=0,
-    device=None,
-    store_probs=False,
-    batched="auto",
-    remove_and_retrain=False,
-    eval_label_field=None,
-    probe_kwargs=None,
-):
+@dataclass
+class _Probabilities:
+    """Out-of-sample probabilities and what they are of.
+
+    Attributes:
+        pred_probs: an (N, K) array, or a list of them (an ensemble)
+        labels: (N,) given labels as indices into ``classes``
+        classes: the K class names of the columns
+        source: how they were made (``"pred_field:..."`` or the probe)
+        cv_accuracy: the probe's cross-validated accuracy (None for
+            predictions)
+        probe: the probe's description (None for predictions)
+        features: the embeddings the probe used (None for predictions)
+    """
+
+    pred_probs: object
+    labels: np.ndarray
+    classes: list
+    source: str
+    cv_accuracy: float = None
+    probe: dict = None
+    features: np.ndarray = None
+
+
+def run_cleanlab(data, config):
     """Confident learning on a collection (the ``"cleanlab"`` method).
 
     Out-of-sample probabilities come from exactly one source:
@@ -729,162 +753,168 @@ def run_cleanlab(
 
     Fields (suffixes): ``score`` (``1 - label quality``), ``flag``
     (:func:`cleanlab.filter.find_label_issues`), ``pred`` (the predicted
-    class name) and, with ``store_probs``, ``probs``.
+    class name) and, with ``store_probs``, ``probs``. See
+    ``docs/methods.md`` section 2.
 
     Args:
         data: a :class:`fiftyone_hardness.methods.base.LabeledData`
-        pred_field (None): a predictions field, or a list of them
-        embeddings_field (None): an embeddings field. With ``pred_field``
-            it is only used by ``remove_and_retrain``
-        probs ("logreg"): ``"logreg"``, ``"mlp"`` or ``"knn"`` (embeddings
-            only)
-        classes (None): the class names of the logit columns: a list, or a
-            dict mapping each predictions field to its list
-        score_method ("self_confidence"): one of :data:`SCORE_METHODS`
-        filter_by ("prune_by_noise_rate"): one of :data:`FILTER_BY`
-        n_folds (5): probe cross-validation folds
-        k (10): neighbours of the k-NN vote
-        seed (0): random seed
-        device (None): torch device, ``cuda`` when available by default
-        store_probs (False): also store the probabilities per sample
-        batched ("auto"): cleanlab's batched path for very large N (see
-            :func:`find_issues`)
-        remove_and_retrain (False): also run :func:`remove_and_retrain`
-            on the embeddings and report its numbers under
-            ``remove_and_retrain``
-        eval_label_field (None): a ``fo.Classification`` field of trusted
-            labels to evaluate the retrained probes against
-        probe_kwargs (None): extra arguments of
-            :func:`fiftyone_hardness.methods.probes.cross_val_probs`
+        config: a :class:`CleanlabConfig` (its parameters are documented
+            there and in :func:`fiftyone_hardness.compute_cleanlab`)
 
     Returns:
         a :class:`fiftyone_hardness.methods.base.MethodOutput`
     """
-    from fiftyone_hardness.methods import probes as fhp
-
     progress = getattr(data, "progress", None) or no_progress
-    probe_kwargs = dict(probe_kwargs or {})
-    labels = np.asarray(data.labels, dtype=np.int64)
-    cv_accuracy = None
-    probe_info = None
-
-    if pred_field:
-        fields = (
-            [pred_field] if isinstance(pred_field, str) else list(pred_field)
-        )
-        progress(0.05, "reading predictions")
-        members, class_lists = [], []
-        for field in fields:
-            member, member_classes = _read_predictions(data, field, classes)
-            members.append(member)
-            class_lists.append(member_classes)
-        if any(c != class_lists[0] for c in class_lists[1:]):
-            raise HardnessError(
-                "The prediction fields %s use different class lists; "
-                "an ensemble needs the same classes in the same order"
-                % ", ".join(fields)
-            )
-        prob_classes = class_lists[0]
-        labels = _labels_in(data, prob_classes, what="'%s'" % fields[0])
-        source = "pred_field:%s" % ",".join(fields)
-        pred_probs = members if len(members) > 1 else members[0]
+    if config.pred_field:
+        probs = _probabilities_from_predictions(data, config, progress)
     else:
-        if not embeddings_field:
-            raise HardnessError(
-                "cleanlab needs out-of-sample probabilities: pass "
-                "pred_field=<a predictions field with logits> or "
-                "embeddings_field=<an embeddings field> (compute one with "
-                "fiftyone_hardness.compute_embeddings)"
-            )
-        if probs not in PROBS_SOURCES:
-            raise HardnessError(
-                "Unknown probs '%s'; choose one of %s"
-                % (probs, ", ".join(PROBS_SOURCES))
-            )
-        X = data.embeddings(embeddings_field)
-        prob_classes = list(data.classes)
-
-        def probe_progress(fraction, message=""):
-            progress(0.05 + 0.8 * fraction, message)
-
-        progress(0.05, "computing out-of-sample probabilities (%s)" % probs)
-        if probs == "knn":
-            result = fhp.knn_vote_probs(
-                X,
-                labels,
-                len(prob_classes),
-                k=k,
-                device=device,
-                progress=probe_progress,
-            )
-        else:
-            result = fhp.cross_val_probs(
-                X,
-                labels,
-                len(prob_classes),
-                model=probs,
-                n_folds=n_folds,
-                seed=seed,
-                device=device,
-                progress=probe_progress,
-                **probe_kwargs,
-            )
-        pred_probs = result.pred_probs
-        cv_accuracy = result.cv_accuracy
-        probe_info = result.info
-        source = probs
+        probs = _probabilities_from_probe(data, config, progress)
 
     progress(0.9, "confident learning")
-    out = confident_learning(
-        labels,
-        pred_probs,
-        classes=prob_classes,
-        score_method=score_method,
-        filter_by=filter_by,
-        batched=batched,
+    found = confident_learning(
+        probs.labels,
+        probs.pred_probs,
+        classes=probs.classes,
+        score_method=config.score_method,
+        filter_by=config.filter_by,
+        batched=config.batched,
     )
-    results = out["results"]
+    results = _run_results(found, probs)
+    if config.remove_and_retrain:
+        progress(0.95, "remove and retrain")
+        results["remove_and_retrain"] = _retrain_without_flagged(
+            data, config, probs, found["flag"]
+        )
+    return MethodOutput(
+        fields=_run_fields(found, probs.classes, config.store_probs),
+        results=results,
+    )
+
+
+def _probabilities_from_predictions(data, config, progress):
+    """Reads the probabilities of the ``pred_field`` field(s) (several make
+    an ensemble, which needs one class list)."""
+    fields = (
+        [config.pred_field]
+        if isinstance(config.pred_field, str)
+        else list(config.pred_field)
+    )
+    progress(0.05, "reading predictions")
+    members, class_lists = [], []
+    for field in fields:
+        member, member_classes = _read_predictions(data, field, config.classes)
+        members.append(member)
+        class_lists.append(member_classes)
+    if any(c != class_lists[0] for c in class_lists[1:]):
+        raise HardnessError(
+            "The prediction fields %s use different class lists; "
+            "an ensemble needs the same classes in the same order"
+            % ", ".join(fields)
+        )
+    classes = class_lists[0]
+    return _Probabilities(
+        pred_probs=members if len(members) > 1 else members[0],
+        labels=_labels_in(data, classes, what="'%s'" % fields[0]),
+        classes=classes,
+        source="pred_field:%s" % ",".join(fields),
+    )
+
+
+def _probabilities_from_probe(data, config, progress):
+    """Computes out-of-sample probabilities from ``embeddings_field``: the
+    cross-validated probe, or the leave-one-out k-NN vote."""
+    X = data.embeddings(config.embeddings_field)
+    labels = np.asarray(data.labels, dtype=np.int64)
+    classes = list(data.classes)
+
+    def probe_progress(fraction, message=""):
+        progress(0.05 + 0.8 * fraction, message)
+
+    progress(0.05, "computing out-of-sample probabilities (%s)" % config.probs)
+    if config.probs == "knn":
+        result = probes.knn_vote_probs(
+            X,
+            labels,
+            len(classes),
+            k=config.k,
+            device=config.device,
+            progress=probe_progress,
+        )
+    else:
+        result = probes.cross_val_probs(
+            X,
+            labels,
+            len(classes),
+            model=config.probs,
+            n_folds=config.n_folds,
+            seed=config.seed,
+            device=config.device,
+            progress=probe_progress,
+            **(config.probe_kwargs or {}),
+        )
+    return _Probabilities(
+        pred_probs=result.pred_probs,
+        labels=labels,
+        classes=classes,
+        source=config.probs,
+        cv_accuracy=result.cv_accuracy,
+        probe=result.info,
+        features=X,
+    )
+
+
+def _run_results(found, probs):
+    """The run's results: the health summary and flag statistics of
+    :func:`confident_learning`, plus where the probabilities came from."""
+    results = found["results"]
     results.update(
-        probs_source=source,
+        probs_source=probs.source,
         cv_accuracy=(
-            cv_accuracy
-            if cv_accuracy is not None
+            probs.cv_accuracy
+            if probs.cv_accuracy is not None
             else results["pred_accuracy"]
         ),
-        probe=probe_info,
+        probe=probs.probe,
+    )
+    return results
+
+
+def _retrain_without_flagged(data, config, probs, flags):
+    """Runs :func:`remove_and_retrain` on ``embeddings_field`` with the
+    probe of the run (logistic regression after a k-NN vote or
+    predictions)."""
+    X = probs.features
+    if X is None:
+        X = data.embeddings(config.embeddings_field)
+    eval_labels = None
+    if config.eval_label_field:
+        eval_labels = _labels_of_field(
+            data, config.eval_label_field, probs.classes
+        )
+    return remove_and_retrain(
+        X,
+        probs.labels,
+        flags,
+        num_classes=len(probs.classes),
+        eval_labels=eval_labels,
+        model=config.probs if config.probs in PROBE_MODELS else "logreg",
+        seed=config.seed,
+        device=config.device,
+        **(config.probe_kwargs or {}),
     )
 
-    if remove_and_retrain:
-        if not embeddings_field:
-            raise HardnessError(
-                "remove_and_retrain trains probes on embeddings: pass "
-                "embeddings_field=..."
-            )
-        progress(0.95, "remove and retrain")
-        eval_labels = None
-        if eval_label_field:
-            eval_labels = _labels_of_field(
-                data, eval_label_field, prob_classes
-            )
-        results["remove_and_retrain"] = _remove_and_retrain(
-            data.embeddings(embeddings_field),
-            labels,
-            out["flag"],
-            num_classes=len(prob_classes),
-            eval_labels=eval_labels,
-            model=probs if probs in fhp.PROBE_MODELS else "logreg",
-            seed=seed,
-            device=device,
-        )
 
+def _run_fields(found, classes, store_probs):
+    """The per-sample fields: score, flag, predicted class name and, with
+    ``store_probs``, the probabilities."""
     fields = {
-        "score": out["score"],
-        "flag": out["flag"],
-        "pred": np.asarray(prob_classes, dtype=object)[out["pred"]],
+        "score": found["score"],
+        "flag": found["flag"],
+        "pred": np.asarray(classes, dtype=object)[found["pred"]],
     }
     if store_probs:
-        fields["probs"] = out["pred_probs"]
-    return MethodOutput(fields=fields, results=results)
+        fields["probs"] = found["pred_probs"]
+    return fields
 
 
 def _read_predictions(data, field, classes):

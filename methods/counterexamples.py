@@ -19,10 +19,9 @@ most negative kernel value: ``incompatibility = KERNEL_SIGN * K(i, k)`` with
 correctly labelled suspicious samples are mislabeled far more often than
 random candidates; with ``+1`` less often.
 
-
 Everything here works on numpy arrays;
 :func:`fiftyone_hardness.dataset_io.counterexamples.find_counterexamples`
-reads them from a collection.
+reads them from a collection. See ``docs/methods.md`` section 6.
 """
 
 import logging
@@ -32,12 +31,19 @@ import numpy as np
 
 from fiftyone_hardness.methods.base import HardnessError
 from fiftyone_hardness.methods.config import MethodConfig, param
+from fiftyone_hardness.methods.validation import (
+    check_features,
+    check_labels,
+)
 
 logger = logging.getLogger(__name__)
 
 #: counter-examples maximize ``KERNEL_SIGN * g_i^T F^+ g_k``
 KERNEL_SIGN = -1.0
 
+
+def _not_blank(value):
+    return "name the field" if not value.strip() else None
 
 
 @dataclass
@@ -49,9 +55,15 @@ class CounterexamplesConfig(MethodConfig):
         "embeddings",
         "The features the last layer is fit on",
         label="Embeddings field",
+        check=_not_blank,
     )
-    k: int = param(5, "The number of counter-examples", minimum=1,
-                   maximum=100, label="Counter-examples")
+    k: int = param(
+        5,
+        "The number of counter-examples",
+        minimum=1,
+        maximum=100,
+        label="Counter-examples",
+    )
     target_label: str = param(
         None,
         "The class whose samples are candidates; empty for the model's "
@@ -61,13 +73,18 @@ class CounterexamplesConfig(MethodConfig):
         label="Candidate class (optional)",
     )
     fisher_size: int = param(
-        100, "Samples in the Fisher subset (CINCER: 30-100)", minimum=2,
+        100,
+        "Samples in the Fisher subset (CINCER: 30-100)",
+        minimum=2,
         form=False,
     )
     seed: int = param(0, "The Fisher subset seed", minimum=0, form=False)
     C: float = param(
-        1.0, "The last layer's inverse L2 regularization strength",
-        minimum=0, exclusive_minimum=True, form=False,
+        1.0,
+        "The last layer's inverse L2 regularization strength",
+        minimum=0,
+        exclusive_minimum=True,
+        form=False,
     )
     max_train: int = param(
         50000,
@@ -293,8 +310,20 @@ def rank_counterexamples(
         class for ``index``), ``probability`` (the probe's P(observed
         label)), ``indices`` (top-k candidate rows, most incompatible
         first), ``scores`` (their incompatibility) and ``num_candidates``
+
+    Raises:
+        HardnessError: bad labels or features, or ``index`` out of range
     """
-    labels = np.asarray(labels, dtype=int)
+    labels, num_classes, _ = check_labels(
+        labels, num_classes, what="Counter-examples"
+    )
+    # validated, but kept in its own precision (the probe fits in float64)
+    check_features(features, num_rows=len(labels))
+    if not 0 <= index < len(labels):
+        raise HardnessError(
+            "Sample index %d is out of range for %d samples"
+            % (index, len(labels))
+        )
     if probe is None:
         probe = SoftmaxProbe(
             features, labels, num_classes, C=C, max_train=max_train, seed=seed

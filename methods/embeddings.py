@@ -6,6 +6,7 @@ local checkpoint) and the offline ImageNet backbone ``efficientnet_lite0``.
 streams image files through it in batches (torch ``DataLoader`` workers),
 reporting unreadable files instead of failing. No FiftyOne code here.
 """
+
 import logging
 import os
 from dataclasses import dataclass
@@ -23,6 +24,18 @@ OFFLINE_BACKBONE = "efficientnet_lite0"
 SUGGESTED_MODELS = ["efficientnet_lite0", "ViT-B-32", "ViT-B-16", "ViT-L-14"]
 
 
+def _check_model(value):
+    return "name a model" if not value.strip() else None
+
+
+def _check_field_name(value):
+    if not value.strip():
+        return "name the field to write"
+    if value.startswith("_") or "." in value:
+        return "a top-level field name (no leading '_', no '.')"
+    return None
+
+
 @dataclass
 class EmbeddingsConfig(MethodConfig):
     """Parameters of ``compute_embeddings``: which model, where to store
@@ -32,7 +45,10 @@ class EmbeddingsConfig(MethodConfig):
         OFFLINE_BACKBONE,
         "'efficientnet_lite0' (offline ImageNet backbone) or any open_clip "
         "architecture, e.g. 'ViT-B-32'",
+        kind="str",
         label="Model",
+        check=_check_model,
+        form_choices=[(name, name) for name in SUGGESTED_MODELS],
     )
     pretrained: str = param(
         None,
@@ -45,6 +61,7 @@ class EmbeddingsConfig(MethodConfig):
         "embeddings",
         "The vector field to write on each sample",
         label="Embeddings field",
+        check=_check_field_name,
     )
     device: str = param(
         None,
@@ -64,23 +81,19 @@ class EmbeddingsConfig(MethodConfig):
     )
     image_size: int = param(
         None,
-        "Input resolution for efficientnet_lite0 (default 224)",
+        "Input resolution of efficientnet_lite0; empty for 224",
         kind="int",
         minimum=8,
-        form=False,
+        label="Image size",
     )
     write_every: int = param(
-        1024, "Samples buffered between database writes", minimum=1,
+        1024,
+        "Samples buffered between database writes",
+        minimum=1,
         form=False,
     )
 
-    def check(self):
-        if not self.model.strip():
-            return ("model", "Invalid model='': name a model")
-        if not self.embeddings_field or not self.embeddings_field.strip():
-            return ("embeddings_field", "Invalid embeddings_field='': name "
-                    "the field to write")
-        return None
+
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -121,8 +134,9 @@ class ImageEmbedder(object):
         return features.cpu().numpy()
 
 
-def load_embedder(model=OFFLINE_BACKBONE, pretrained=None, device=None,
-                  image_size=None):
+def load_embedder(
+    model=OFFLINE_BACKBONE, pretrained=None, device=None, image_size=None
+):
     """Loads an image embedding model.
 
     Args:

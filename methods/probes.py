@@ -17,7 +17,10 @@ model that saw its label):
   neighbours by cosine similarity (what cleanlab's Datalab does with
   features only; SimiFeat's vote), computed in row chunks.
 
-Every computation is seeded and deterministic for a given device.
+Every computation is seeded and deterministic for a given device. Inputs
+are checked once, at each function's entry, by
+:mod:`fiftyone_hardness.methods.validation`. See ``docs/methods.md``
+section 2.
 """
 
 import logging
@@ -30,11 +33,28 @@ from fiftyone_hardness.methods.base import (
     no_progress,
     select_device,
 )
-from fiftyone_hardness.methods.validation import check_labels
+from fiftyone_hardness.methods.validation import (
+    check_features,
+    check_labels,
+)
 
 logger = logging.getLogger(__name__)
 
 PROBE_MODELS = ("logreg", "mlp")
+
+#: the training options of :func:`cross_val_probs` and
+#: :func:`fit_predict_probs` (what ``probe_kwargs`` may set)
+PROBE_OPTIONS = (
+    "standardize_features",
+    "l2",
+    "max_iter",
+    "tol",
+    "hidden_dim",
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+)
 
 
 def stratified_folds(labels, n_folds=5, seed=0):
@@ -169,8 +189,10 @@ def cross_val_probs(
             "Unknown probe model '%s'; choose one of %s"
             % (model, ", ".join(PROBE_MODELS))
         )
-    X, labels, num_classes = _check_inputs(X, labels, num_classes)
-    check_labels(labels, num_classes, what="A cross-validated probe")
+    labels, num_classes, _ = check_labels(
+        labels, num_classes, what="A cross-validated probe"
+    )
+    X = check_features(X, num_rows=len(labels))
     folds = stratified_folds(labels, n_folds=n_folds, seed=seed)
     if standardize_features:
         X = standardize(X)
@@ -254,18 +276,34 @@ def fit_predict_probs(
     probabilities on ``X_test`` (no cross-validation).
 
     Features are standardized with the statistics of ``X_train``. Keyword
-    arguments are those of :func:`cross_val_probs` (``l2``, ``max_iter``,
-    ``hidden_dim``, ``epochs``, ...).
+    arguments are the :data:`PROBE_OPTIONS` of :func:`cross_val_probs`
+    (``l2``, ``max_iter``, ``hidden_dim``, ``epochs``, ...) and
+    ``progress``.
 
     Returns:
         an (M, K) float64 array
+
+    Raises:
+        HardnessError: bad labels or features, an unknown model or option
     """
     import torch
 
-    X_train, y_train, num_classes = _check_inputs(
-        X_train, y_train, num_classes
+    unknown = sorted(set(kwargs) - set(PROBE_OPTIONS) - {"progress"})
+    if unknown:
+        raise HardnessError(
+            "Unknown probe option(s) %s; valid options: %s"
+            % (", ".join(unknown), ", ".join(PROBE_OPTIONS))
+        )
+    y_train, num_classes, _ = check_labels(
+        y_train, num_classes, min_classes=1, what="A probe"
     )
-    X_test = np.asarray(X_test, dtype=np.float32)
+    X_train = check_features(X_train, num_rows=len(y_train))
+    X_test = check_features(X_test, what="test features")
+    if X_test.shape[1] != X_train.shape[1]:
+        raise HardnessError(
+            "The test features have %d dimensions, the training features %d"
+            % (X_test.shape[1], X_train.shape[1])
+        )
     if kwargs.pop("standardize_features", True):
         mean = X_train.mean(0, dtype=np.float64)
         std = X_train.std(0, dtype=np.float64)
@@ -353,7 +391,10 @@ def knn_vote_probs(
     import torch
 
     progress = progress or no_progress
-    X, labels, num_classes = _check_inputs(X, labels, num_classes)
+    labels, num_classes, _ = check_labels(
+        labels, num_classes, what="The k-NN vote"
+    )
+    X = check_features(X, num_rows=len(labels))
     n = len(labels)
     k = int(k)
     if not 1 <= k < n:
@@ -391,34 +432,6 @@ def default_mlp_epochs(num_samples, batch_size=512):
     between 5 and 20 epochs."""
     steps_per_epoch = math.ceil(num_samples / float(batch_size))
     return int(min(20, max(5, math.ceil(150.0 / steps_per_epoch))))
-
-
-def _check_inputs(X, labels, num_classes):
-    X = np.asarray(X, dtype=np.float32)
-    labels = np.asarray(labels)
-    if X.ndim != 2:
-        raise HardnessError(
-            "Features must be an (N, D) array; got shape %s" % (X.shape,)
-        )
-    if labels.ndim != 1 or len(labels) != len(X):
-        raise HardnessError(
-            "Got %d feature rows but labels of shape %s"
-            % (len(X), labels.shape)
-        )
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise HardnessError("Labels must be integer class indices")
-    if len(labels) and labels.min() < 0:
-        raise HardnessError("Labels must be non-negative class indices")
-    if num_classes is None:
-        num_classes = int(labels.max()) + 1
-    if len(labels) and labels.max() >= num_classes:
-        raise HardnessError(
-            "Label index %d is out of range for %d classes"
-            % (labels.max(), num_classes)
-        )
-    if not np.isfinite(X).all():
-        raise HardnessError("Features contain NaN or inf values")
-    return X, labels.astype(np.int64), int(num_classes)
 
 
 def _logreg_forward(params, X, fold=None):

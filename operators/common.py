@@ -15,7 +15,7 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from fiftyone_hardness.methods.embeddings import SUGGESTED_MODELS
+from fiftyone_hardness.methods.embeddings import EmbeddingsConfig
 from fiftyone_hardness.operators.forms import config_inputs, config_values
 
 logger = logging.getLogger(__name__)
@@ -130,35 +130,35 @@ def embeddings_input(ctx, inputs, required=True):
         label="Compute embeddings now",
         view=types.CheckboxView(),
     )
-    model_input(inputs)
+    model_input(ctx, inputs)
     return bool(ctx.params.get("compute_embeddings_first", True))
 
 
-def model_input(inputs):
-    """Adds the embedding model choice and its weights."""
-    choices = types.AutocompleteView()
-    for name in SUGGESTED_MODELS:
-        choices.add_choice(name, label=name)
-    inputs.str(
-        "model",
-        default="efficientnet_lite0",
-        required=True,
-        label="Model",
-        description=(
-            "'efficientnet_lite0' (offline ImageNet backbone) or any "
-            "open_clip architecture"
-        ),
-        view=choices,
+#: the :class:`EmbeddingsConfig` parameters "Compute embeddings now" offers
+EMBEDDING_MODEL_PARAMS = ("model", "pretrained")
+
+#: the field "Compute embeddings now" writes
+FIRST_EMBEDDINGS_FIELD = "embeddings"
+
+
+def model_input(ctx, inputs):
+    """Adds the embedding model and its weights, as
+    :class:`~fiftyone_hardness.methods.embeddings.EmbeddingsConfig` declares
+    them. Returns whether their values are valid."""
+    others = [
+        p.name
+        for p in EmbeddingsConfig.parameters()
+        if p.name not in EMBEDDING_MODEL_PARAMS
+    ]
+    return config_inputs(
+        inputs, embedding_model_params(ctx), EmbeddingsConfig, hide=others
     )
-    inputs.str(
-        "pretrained",
-        default=None,
-        label="Weights",
-        description=(
-            "open_clip pretrained tag (e.g. laion2b_s34b_b79k, downloads) or "
-            "a local checkpoint path; empty for the default"
-        ),
-    )
+
+
+def embedding_model_params(ctx):
+    """Returns the model and weights chosen by :func:`model_input`."""
+    values = {name: ctx.params.get(name) for name in EMBEDDING_MODEL_PARAMS}
+    return config_values(values, EmbeddingsConfig)
 
 
 def run_key_input(ctx, inputs, default):
@@ -280,7 +280,19 @@ class HardnessOperator(foo.Operator):
     def source_params(self, ctx):
         """Returns the parameters :meth:`source_inputs` collected."""
         field = ctx.params.get("embeddings_field")
+        if not field and self.embeddings_first(ctx):
+            field = FIRST_EMBEDDINGS_FIELD
         return {"embeddings_field": field} if field else {}
+
+    def embeddings_first(self, ctx):
+        """Whether :meth:`execute` computes embeddings before the method:
+        the form had no embeddings field to offer (see
+        :func:`embeddings_input`)."""
+        return (
+            self.needs_embeddings
+            and "embeddings_field" in self.source_fields
+            and not ctx.params.get("embeddings_field")
+        )
 
     def resolve_input(self, ctx):
         inputs = types.Object()
@@ -288,9 +300,11 @@ class HardnessOperator(foo.Operator):
         if ready:
             ready = self.source_inputs(ctx, inputs) is not False
         if ready:
+            # validated with the source's values, e.g. the field that
+            # "Compute embeddings now" writes
             ready = config_inputs(
                 inputs,
-                ctx.params,
+                dict(ctx.params, **self.source_params(ctx)),
                 self.config_class,
                 skip=self.source_fields,
                 hide=self.hidden(ctx),
@@ -312,18 +326,15 @@ class HardnessOperator(foo.Operator):
         from fiftyone_hardness import api
 
         params = self.method_params(ctx)
-        if self.needs_embeddings and not params.get("embeddings_field"):
-            if "embeddings_field" in self.source_fields:
-                params["embeddings_field"] = "embeddings"
-                yield from run_with_progress(
-                    ctx,
-                    api.compute_embeddings,
-                    samples=ctx.target_view(),
-                    model=ctx.params.get("model") or "efficientnet_lite0",
-                    pretrained=ctx.params.get("pretrained") or None,
-                    embeddings_field="embeddings",
-                    skip_existing=True,
-                )
+        if self.embeddings_first(ctx):
+            yield from run_with_progress(
+                ctx,
+                api.compute_embeddings,
+                samples=ctx.target_view(),
+                embeddings_field=params["embeddings_field"],
+                skip_existing=True,
+                **embedding_model_params(ctx)
+            )
         yield from self.run_method(ctx, params)
 
     def run_method(self, ctx, params):

@@ -1,10 +1,69 @@
 """
 The ``compute_embeddings`` operator: image embeddings for the current view.
+
+Thin: its form comes from
+:class:`fiftyone_hardness.methods.embeddings.EmbeddingsConfig` and it calls
+:func:`fiftyone_hardness.api.compute_embeddings`.
 """
+
+import logging
+
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from fiftyone_hardness.operators.common import model_input, run_with_progress
+from fiftyone_hardness.methods.embeddings import (
+    OFFLINE_BACKBONE,
+    EmbeddingsConfig,
+)
+from fiftyone_hardness.operators.common import run_with_progress
+from fiftyone_hardness.operators.forms import (
+    blocking_error,
+    config_inputs,
+    config_values,
+    refuse_unknown_params,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _hidden(ctx):
+    """The parameters that do not apply to the chosen model."""
+    model = ctx.params.get("model") or OFFLINE_BACKBONE
+    return () if model == OFFLINE_BACKBONE else ("image_size",)
+
+
+def _emptied(ctx):
+    """The required parameters the form holds an empty string for: Python
+    refuses them, so the form does too, rather than reading "the default"
+    (as :func:`~fiftyone_hardness.operators.forms.config_values` does)."""
+    return [
+        p.name
+        for p in EmbeddingsConfig.parameters()
+        if p.form and not p.optional and ctx.params.get(p.name) == ""
+    ]
+
+
+def _refuse_emptied(ctx, inputs):
+    for name in _emptied(ctx):
+        prop = inputs.properties.get(name)
+        if prop is not None:
+            prop.invalid = True
+            prop.error_message = EmbeddingsConfig.parameter(name).error("")
+
+
+def _form_values(ctx):
+    """The form's values as keyword arguments (the hidden ones included, so
+    that they are validated as Python validates them)."""
+    values = config_values(ctx.params, EmbeddingsConfig)
+    values.update({name: "" for name in _emptied(ctx)})
+    return values
+
+
+def _params(ctx):
+    """The keyword arguments of
+    :func:`fiftyone_hardness.api.compute_embeddings` that the form sends."""
+    hidden = _hidden(ctx)
+    return {k: v for k, v in _form_values(ctx).items() if k not in hidden}
 
 
 class ComputeEmbeddings(foo.Operator):
@@ -26,28 +85,18 @@ class ComputeEmbeddings(foo.Operator):
     def resolve_input(self, ctx):
         inputs = types.Object()
         if ctx.view.media_type != "image":
-            inputs.view(
+            blocking_error(
+                inputs,
                 "not_images",
-                types.Error(
-                    label="Not an image dataset",
-                    description="Embeddings need image samples; this view "
-                    "holds '%s'" % ctx.view.media_type,
-                ),
+                "Not an image dataset: embeddings need image samples; this "
+                "view holds '%s'" % ctx.view.media_type,
             )
             return types.Property(inputs)
-        model_input(inputs)
-        inputs.str(
-            "embeddings_field",
-            default="embeddings",
-            required=True,
-            label="Embeddings field",
+        config_inputs(
+            inputs, _form_values(ctx), EmbeddingsConfig, hide=_hidden(ctx)
         )
-        inputs.int("batch_size", default=64, label="Batch size")
-        inputs.bool(
-            "skip_existing",
-            default=True,
-            label="Skip samples that already have an embedding",
-        )
+        _refuse_emptied(ctx, inputs)
+        refuse_unknown_params(inputs, ctx.params, EmbeddingsConfig)
         return types.Property(
             inputs, view=types.View(label="Compute embeddings")
         )
@@ -59,12 +108,7 @@ class ComputeEmbeddings(foo.Operator):
             ctx,
             api.compute_embeddings,
             samples=ctx.target_view(),
-            model=ctx.params.get("model") or "efficientnet_lite0",
-            pretrained=ctx.params.get("pretrained") or None,
-            embeddings_field=ctx.params.get("embeddings_field", "embeddings"),
-            batch_size=int(ctx.params.get("batch_size") or 64),
-            skip_existing=bool(ctx.params.get("skip_existing", True)),
-            image_size=ctx.params.get("image_size") or None,
+            **_params(ctx),
         )
         if not ctx.delegated:
             yield ctx.trigger("reload_dataset")
@@ -77,8 +121,6 @@ class ComputeEmbeddings(foo.Operator):
     def __call__(self, sample_collection, delegate=False, **params):
         """Runs the operator from Python, e.g.
         ``foo.get_operator(uri)(dataset, embeddings_field="emb")``."""
-        params.setdefault("model", "efficientnet_lite0")
-        params.setdefault("embeddings_field", "embeddings")
         return foo.execute_operator(
             self.uri,
             dict(view=sample_collection.view(), params=params),

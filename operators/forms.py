@@ -92,6 +92,38 @@ def config_inputs(inputs, params, config_class, skip=(), hide=()):
     return not errors
 
 
+def refuse_unknown_params(inputs, params, config_class, operator_params=()):
+    """Adds a :func:`blocking_error` when ``params`` (e.g. from a Python
+    caller of the operator) hold a name that is neither a form parameter of
+    ``config_class``, one of ``operator_params``, nor an input of
+    ``inputs``: such a value would otherwise be silently dropped.
+
+    Returns:
+        True when every name is known
+    """
+    valid = list(operator_params) + [
+        p.name for p in config_class.parameters() if p.form
+    ]
+    known = set(valid) | set(inputs.properties)
+    unknown = sorted(
+        name
+        for name, value in params.items()
+        if name not in known and value is not None
+    )
+    if unknown:
+        blocking_error(
+            inputs,
+            "unknown_params",
+            "Unknown parameter%s %s; valid parameters: %s"
+            % (
+                "s" if len(unknown) > 1 else "",
+                ", ".join(unknown),
+                ", ".join(valid),
+            ),
+        )
+    return not unknown
+
+
 def blocking_error(inputs, name, message):
     """Shows ``message`` as an error that also keeps the form from
     executing (an error *view* alone would not: FiftyOne only refuses
@@ -123,6 +155,12 @@ def _add_input(inputs, p, error):
             view=_dropdown(choices, multiple=True),
             **common
         )
+    elif p.kind == "str" and choices:
+        # suggestions: any other string is accepted too
+        view = types.AutocompleteView()
+        for value, text in choices:
+            view.add_choice(value, label=text)
+        inputs.str(p.name, default=p.default, view=view, **common)
     elif choices:
         view = _dropdown(choices)
         inputs.enum(

@@ -14,9 +14,17 @@ import fiftyone.operators.types as types
 
 from fiftyone_hardness.dataset_io import review
 from fiftyone_hardness.methods.base import HardnessError
+from fiftyone_hardness.methods.counterexamples import CounterexamplesConfig
 from fiftyone_hardness.operators.common import (
+    dropdown_input,
     label_field_input,
     vector_fields,
+)
+from fiftyone_hardness.operators.forms import (
+    blocking_error,
+    config_inputs,
+    config_values,
+    refuse_unknown_params,
 )
 
 logger = logging.getLogger(__name__)
@@ -244,85 +252,97 @@ class FindCounterexamples(foo.Operator):
             dynamic=True,
         )
 
+    #: parameters the form renders itself (from the dataset's fields and
+    #: classes); the others come from the config
+    source_fields = ("embeddings_field", "target_label")
+
     def resolve_input(self, ctx):
         inputs = types.Object()
         ids = target_sample_ids(ctx)
         if len(ids) != 1:
-            inputs.view(
+            blocking_error(
+                inputs,
                 "one_sample",
-                types.Error(
-                    label="One sample",
-                    description="Open one sample, or select exactly one "
-                    "(%d selected)" % len(ids),
-                ),
+                "Open one sample, or select exactly one (%d selected)"
+                % len(ids),
             )
             return types.Property(inputs)
         if not label_field_input(ctx, inputs):
             return types.Property(inputs)
         fields = vector_fields(ctx.dataset)
         if not fields:
-            inputs.view(
+            blocking_error(
+                inputs,
                 "no_embeddings",
-                types.Error(
-                    label="No embeddings",
-                    description="Counter-examples need an embeddings field; "
-                    "run 'Hardness: compute embeddings' first",
-                ),
+                "Counter-examples need an embeddings field; run 'Hardness: "
+                "compute embeddings' first",
             )
             return types.Property(inputs)
-        choices = types.DropdownView()
-        for name in fields:
-            choices.add_choice(name, label=name)
-        inputs.enum(
+        default = CounterexamplesConfig.parameter("embeddings_field").default
+        dropdown_input(
+            inputs,
             "embeddings_field",
-            choices.values(),
-            default="embeddings" if "embeddings" in fields else fields[0],
+            [(name, name) for name in fields],
+            default if default in fields else fields[0],
+            CounterexamplesConfig.parameter("embeddings_field").label,
             required=True,
-            label="Embeddings field",
-            view=choices,
         )
-        inputs.int("k", default=5, min=1, max=100, label="Counter-examples")
-        label_field = ctx.params.get("label_field") or "ground_truth"
-        classes = types.AutocompleteView()
-        for name in class_choices(ctx.dataset, label_field):
-            classes.add_choice(name, label=name)
-        inputs.str(
-            "target_label",
-            label="Candidate class (optional)",
-            description="By default the class the model predicts for the "
-            "sample",
-            view=classes,
+        config_inputs(
+            inputs,
+            self._params(ctx),
+            CounterexamplesConfig,
+            skip=self.source_fields,
+        )
+        self._target_label_input(ctx, inputs)
+        refuse_unknown_params(
+            inputs, ctx.params, CounterexamplesConfig, ("label_field",)
         )
         return types.Property(
             inputs, view=types.View(label="Find counter-examples")
         )
 
+    def _target_label_input(self, ctx, inputs):
+        label_field = ctx.params.get("label_field") or "ground_truth"
+        classes = class_choices(ctx.dataset, label_field)
+        value = ctx.params.get("target_label")
+        parameter = CounterexamplesConfig.parameter("target_label")
+        view = types.AutocompleteView()
+        for name in classes:
+            view.add_choice(name, label=name)
+        inputs.str(
+            "target_label",
+            label=parameter.label,
+            description=parameter.help,
+            view=view,
+            invalid=bool(value) and value not in classes,
+            error_message="Unknown class '%s'; the classes of '%s' are %s"
+            % (value, label_field, ", ".join(classes)),
+        )
+
+    def _params(self, ctx):
+        """The keyword arguments of
+        :func:`fiftyone_hardness.api.find_counterexamples`."""
+        params = config_values(
+            ctx.params, CounterexamplesConfig, skip=self.source_fields
+        )
+        for name in self.source_fields:
+            if ctx.params.get(name):
+                params[name] = ctx.params[name]
+        return params
+
     def execute(self, ctx):
+        from fiftyone_hardness import api
+
         ids = target_sample_ids(ctx)
         if len(ids) != 1:
             raise HardnessError("Open or select exactly one sample")
-        result = review.find_counterexamples(
-            ctx.dataset,
-            ids[0],
-            label_field=ctx.params.get("label_field") or "ground_truth",
-            embeddings_field=ctx.params.get("embeddings_field")
-            or "embeddings",
-            k=int(ctx.params.get("k") or 5),
-            target_label=ctx.params.get("target_label") or None,
+        label_field = ctx.params.get("label_field") or "ground_truth"
+        result = api.find_counterexamples(
+            ctx.dataset, ids[0], label_field, **self._params(ctx)
         )
         view = result.pop("view")
         ctx.ops.set_view(view)
-        labels = dict(
-            zip(
-                *view.values(
-                    [
-                        "id",
-                        (ctx.params.get("label_field") or "ground_truth")
-                        + ".label",
-                    ]
-                )
-            )
-        )
+        labels = dict(zip(*view.values(["id", label_field + ".label"])))
         result["counterexamples"] = [
             {"id": i, "label": labels.get(i), "score": round(s, 4)}
             for i, s in zip(result["counterexample_ids"], result["scores"])

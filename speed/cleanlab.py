@@ -23,9 +23,9 @@ measured in the same run:
 
 Run::
 
-    .venv/bin/python benchmarks/cleanlab.py                 # everything
-    .venv/bin/python benchmarks/cleanlab.py --n 10000       # smaller synthetic
-    .venv/bin/python benchmarks/cleanlab.py --skip-db       # probes only
+    .venv/bin/python speed/cleanlab.py                 # everything
+    .venv/bin/python speed/cleanlab.py --n 10000       # smaller synthetic
+    .venv/bin/python speed/cleanlab.py --skip-db       # probes only
 
 Timings on a shared machine are noisy; the ratios compare runs made in the
 same process, one after the other.
@@ -266,7 +266,6 @@ def database_io(n):
     import fiftyone_hardness  # noqa: F401  (adds apply_hardness)
     from fiftyone_hardness.methods import confident_learning as fcl
     from fiftyone_hardness.dataset_io import data as fhdata
-    from fiftyone_hardness.dataset_io import runs
     from fiftyone_hardness.dataset_io.runs import write_fields
 
     classes = ["class_%d" % i for i in range(10)]

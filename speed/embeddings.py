@@ -7,14 +7,17 @@ PIL, preprocess, batch, run the model; no database. Ours adds reading
 filepaths from FiftyOne, batched decoding, progress and writing the vectors
 back. Run::
 
-    .venv/bin/python benchmarks/embeddings.py [--image-size 64] [--n 1797]
+    .venv/bin/python speed/embeddings.py [--image-size 64] [--n 1797]
 """
+
 import argparse
 import os
 import time
 import uuid
 
-os.environ.setdefault("FIFTYONE_DATABASE_NAME", "hardness_bench_%s" % uuid.uuid4().hex[:6])
+os.environ.setdefault(
+    "FIFTYONE_DATABASE_NAME", "hardness_bench_%s" % uuid.uuid4().hex[:6]
+)
 os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 
 import torch  # noqa: E402
@@ -60,17 +63,31 @@ def main():
 
     start = time.perf_counter()
     foh.compute_embeddings(
-        view, embeddings_field="bench", image_size=args.image_size,
-        batch_size=args.batch_size, progress=lambda f, m="": None,
+        view,
+        embeddings_field="bench",
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        progress=lambda f, m="": None,
     )
     ours = time.perf_counter() - start
 
     n = len(filepaths)
-    print("efficientnet_lite0, %d px, %d images, batch %d, %s, %d threads"
-          % (args.image_size, n, args.batch_size, embedder.device,
-             torch.get_num_threads()))
-    print("bare model forward (PIL + model, no DB): %7.1f images/s" % (n / bare))
-    print("compute_embeddings (read, embed, write): %7.1f images/s" % (n / ours))
+    print(
+        "efficientnet_lite0, %d px, %d images, batch %d, %s, %d threads"
+        % (
+            args.image_size,
+            n,
+            args.batch_size,
+            embedder.device,
+            torch.get_num_threads(),
+        )
+    )
+    print(
+        "bare model forward (PIL + model, no DB): %7.1f images/s" % (n / bare)
+    )
+    print(
+        "compute_embeddings (read, embed, write): %7.1f images/s" % (n / ours)
+    )
     print("ratio ours / bare (throughput):          %7.2f" % (bare / ours))
     fo.delete_dataset(dataset.name)
 

@@ -7,6 +7,7 @@ input, and the run / operator path through ``dataset.apply_hardness``.
 
 import datetime
 import os
+import re
 import time
 
 import numpy as np
@@ -313,14 +314,19 @@ def test_bad_arrays():
         fcl.validate_pred_probs([[np.nan, 0.5, 0.5]])
     with pytest.raises(HardnessError, match="shape"):
         fcl.validate_pred_probs(np.ones(3) / 3)
-    with pytest.raises(HardnessError, match="class indices"):
+    with pytest.raises(HardnessError, match="Label index 3 is out of range"):
         fcl.confident_learning(labels + 1, probs)
+    with pytest.raises(HardnessError, match="at least 2 classes"):
+        fcl.confident_learning(np.zeros(6, int), probs)
     with pytest.raises(HardnessError, match="rows"):
         fcl.confident_learning(labels[:5], probs)
-    with pytest.raises(HardnessError, match="filter_by"):
+    # the array functions refuse options with the config's messages
+    with pytest.raises(HardnessError, match="Invalid filter_by='nope'"):
         fcl.confident_learning(labels, probs, filter_by="nope")
-    with pytest.raises(HardnessError, match="score method"):
+    with pytest.raises(HardnessError, match="Invalid score_method='nope'"):
         fcl.confident_learning(labels, probs, score_method="nope")
+    with pytest.raises(HardnessError, match="Invalid batched='yes'"):
+        fcl.confident_learning(labels, probs, batched="yes")
     # logits: -inf is probability zero; NaN is an error
     np.testing.assert_allclose(
         fcl.logits_to_probs([[0.0, 0.0, -np.inf]]), [[0.5, 0.5, 0.0]]
@@ -334,6 +340,19 @@ def test_bad_arrays():
         probes.cross_val_probs(X, y, 3, n_folds=5)
     with pytest.raises(HardnessError, match="Unknown probe"):
         probes.cross_val_probs(X, y, 3, model="svm")
+    # features and labels are checked by methods.validation
+    with pytest.raises(HardnessError, match="Got 29 rows"):
+        probes.cross_val_probs(X[:-1], y, 3, n_folds=3)
+    with_nan = X.copy()
+    with_nan[5, 1] = np.nan
+    with pytest.raises(HardnessError, match="NaN or inf.*row 5"):
+        probes.knn_vote_probs(with_nan, y, 3)
+    with pytest.raises(HardnessError, match="out of range for 2 classes"):
+        probes.knn_vote_probs(X, y, 2)
+    with pytest.raises(HardnessError, match="Unknown probe option"):
+        probes.fit_predict_probs(X, y, X, 3, l3=1.0)
+    with pytest.raises(HardnessError, match="Got 4 flags for 30 labels"):
+        fcl.remove_and_retrain(X, y, np.zeros(4, bool))
 
 
 def test_adapter_without_database(noisy_digits):
@@ -356,9 +375,13 @@ def test_adapter_without_database(noisy_digits):
         load_values=values.__getitem__,
         load_classes=lambda field: None,
     )
+
+    def run(**kwargs):
+        return fcl.run_cleanlab(data, fcl.CleanlabConfig(**kwargs))
+
     with pytest.raises(HardnessError, match="classes=\\[...\\]"):
-        fcl.run_cleanlab(data, pred_field="predictions")
-    out = fcl.run_cleanlab(data, pred_field="predictions", classes=classes)
+        run(pred_field="predictions")
+    out = run(pred_field="predictions", classes=classes)
     assert _auroc(mask, out.fields["score"]) > 0.97
     assert out.results["probs_source"] == "pred_field:predictions"
     # the prediction classes may be a superset, in any order
@@ -366,7 +389,7 @@ def test_adapter_without_database(noisy_digits):
     values["predictions.logits"] = list(
         np.concatenate([logits[:, ::-1], np.full((len(y), 1), -30.0)], 1)
     )
-    again = fcl.run_cleanlab(data, pred_field="predictions", classes=shuffled)
+    again = run(pred_field="predictions", classes=shuffled)
     # (cleanlab's flags see the extra, empty class; the scores do not)
     assert np.mean(again.fields["flag"] == out.fields["flag"]) > 0.99
     assert np.array_equal(again.fields["pred"], out.fields["pred"])
@@ -374,17 +397,27 @@ def test_adapter_without_database(noisy_digits):
         again.fields["score"], out.fields["score"], atol=1e-9
     )
     with pytest.raises(HardnessError, match="do not have: 0"):
-        fcl.run_cleanlab(
-            data,
+        run(
             pred_field="predictions",
             classes=[c for c in shuffled if c != "0"] + ["y"],
         )
     with pytest.raises(HardnessError, match="holds 11 logits"):
-        fcl.run_cleanlab(data, pred_field="predictions", classes=classes)
+        run(pred_field="predictions", classes=classes)
+    # the probe path, with remove_and_retrain reusing the probe's features
+    knn = run(embeddings_field="pixels", probs="knn", remove_and_retrain=True)
+    assert knn.results["probs_source"] == "knn"
+    assert knn.results["probe"]["k"] == 10
+    assert knn.results["remove_and_retrain"]["model"] == "logreg"
+    assert _auroc(mask, knn.fields["score"]) > 0.97
+    # the config refuses bad values before any data is read
     with pytest.raises(HardnessError, match="pred_field=.*embeddings_field"):
-        fcl.run_cleanlab(data)
-    with pytest.raises(HardnessError, match="Unknown probs"):
-        fcl.run_cleanlab(data, embeddings_field="pixels", probs="forest")
+        fcl.CleanlabConfig()
+    with pytest.raises(HardnessError, match="Invalid probs='forest'"):
+        fcl.CleanlabConfig(embeddings_field="pixels", probs="forest")
+    with pytest.raises(HardnessError, match="unknown probe option l3"):
+        fcl.CleanlabConfig(embeddings_field="pixels", probe_kwargs={"l3": 1})
+    with pytest.raises(HardnessError, match="pass remove_and_retrain=True"):
+        fcl.CleanlabConfig(embeddings_field="pixels", eval_label_field="gt")
 
 
 # --------------------------------------------------------------------------
@@ -735,3 +768,146 @@ def test_operator(plugins_dir, digits):
     assert digits.load_run_results("op_cl2").probs_source == (
         "pred_field:preds"
     )
+
+
+#: invalid cleanlab parameters: ``(kwargs, what Python says, what the App
+#: says)``. Each is sent through ``dataset.apply_hardness``,
+#: ``foh.compute_cleanlab`` and the ``compute_cleanlab`` operator
+INVALID_CLEANLAB = [
+    (dict(embeddings_field="pixels", n_folds=1), "Invalid n_folds=1", None),
+    (dict(embeddings_field="pixels", probs="knn", k=0), "Invalid k=0", None),
+    # k does not apply to the probe, but a bad value is still refused
+    (dict(embeddings_field="pixels", k=0), "Invalid k=0", None),
+    (
+        dict(embeddings_field="pixels", probs="svm"),
+        "Invalid probs='svm'",
+        None,
+    ),
+    (
+        dict(embeddings_field="pixels", score_method="x"),
+        "Invalid score_method='x'",
+        None,
+    ),
+    (
+        dict(embeddings_field="pixels", filter_by="x"),
+        "Invalid filter_by='x'",
+        None,
+    ),
+    (dict(embeddings_field="pixels", seed=-1), "Invalid seed=-1", None),
+    (
+        dict(embeddings_field="pixels", store_probs="yes"),
+        "Invalid store_probs='yes'",
+        None,
+    ),
+    # a field that does not exist: read by Python, offered by the App
+    (dict(embeddings_field="nope"), "no field 'nope'", "Invalid enum"),
+    # no source: Python names both; the App's dropdown is required
+    ({}, "pred_field=.*embeddings_field", "Required property"),
+    (
+        dict(pred_field="ground_truth_clean", remove_and_retrain=True),
+        "remove_and_retrain trains probes on embeddings",
+        None,
+    ),
+    (
+        dict(embeddings_field="pixels", n_fold=3),
+        "Unknown parameter n_fold.*valid parameters: pred_field",
+        "Unknown parameter n_fold",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "kwargs,python_says,app_says",
+    INVALID_CLEANLAB,
+    ids=[repr(c[0]) for c in INVALID_CLEANLAB],
+)
+def test_invalid_values_are_refused_by_python_and_the_app(
+    plugins_dir, digits_dataset, kwargs, python_says, app_says
+):
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionError
+
+    import fiftyone_hardness as foh
+
+    dataset = digits_dataset  # nothing may be written: no clone needed
+    before = set(dataset.get_field_schema())
+    with pytest.raises(HardnessError, match=python_says):
+        dataset.apply_hardness("cleanlab", **kwargs)
+    with pytest.raises(HardnessError, match=python_says):
+        foh.compute_cleanlab(dataset, **kwargs)
+    params = dict(kwargs)
+    if "pred_field" in params:
+        params["source"] = "predictions"
+    operator = foo.get_operator("@fiftyone-hardness/hardness/compute_cleanlab")
+    # FiftyOne refuses to execute a form with an invalid property
+    with pytest.raises(ExecutionError, match="Validation error") as refused:
+        operator(dataset, **params)
+    assert re.search(app_says or python_says, str(refused.value))
+    assert "cleanlab" not in dataset.list_runs()
+    assert set(dataset.get_field_schema()) == before
+
+
+def test_operator_form(plugins_dir, digits):
+    """What the form shows for each source, read from CleanlabConfig."""
+    import fiftyone as fo
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext
+
+    operator = foo.get_operator("@fiftyone-hardness/hardness/compute_cleanlab")
+
+    def form(**params):
+        params.setdefault("label_field", "ground_truth")
+        ctx = ExecutionContext(
+            request_params=dict(dataset_name=digits.name, params=params)
+        )
+        return operator.resolve_input(ctx).type.properties
+
+    probe = form(embeddings_field="pixels")
+    assert {"probs", "n_folds", "remove_and_retrain"} <= set(probe)
+    assert "k" not in probe and "pred_field" not in probe
+    assert probe["probs"].type.values == list(fcl.PROBS_SOURCES)
+    assert probe["score_method"].type.values == list(fcl.SCORE_METHODS)
+    assert probe["filter_by"].type.values == list(fcl.FILTER_BY)
+    knn = form(embeddings_field="pixels", probs="knn")
+    assert "k" in knn and "n_folds" not in knn
+    assert knn["k"].type.min == 1
+    # parameters that are not in the form are not in it
+    assert not {"classes", "device", "batched", "probe_kwargs"} & set(knn)
+
+    digits.set_values(
+        "preds",
+        [fo.Classification(label="0", logits=np.zeros(10)) for _ in digits],
+    )
+    preds = form(source="predictions", pred_field="preds")
+    assert "preds" in preds["pred_field"].type.values
+    assert "ground_truth" not in preds["pred_field"].type.values
+    assert not {"probs", "n_folds", "k", "remove_and_retrain"} & set(preds)
+    assert "embeddings_field" not in preds
+    # a predictions field without a class list cannot be run from the App
+    digits.default_classes = []
+    digits.save()
+    blocked = form(source="predictions", pred_field="preds")
+    assert blocked["no_classes"].invalid
+
+
+def test_operator_computes_embeddings_first(plugins_dir, digits):
+    """On a dataset without vector fields the form offers to compute
+    embeddings first (EmbeddingsConfig's model and weights) and runs the
+    probe on them."""
+    import fiftyone.operators as foo
+
+    small = digits.take(60, seed=0).clone()
+    try:
+        small.delete_sample_field("pixels")
+        result = foo.get_operator(
+            "@fiftyone-hardness/hardness/compute_cleanlab"
+        )(small, probs="knn", k=5)
+        assert result.error is None, result.error
+        assert len(small.exists("embeddings")) == 60
+        info = small.get_field("embeddings").info["hardness_embeddings"]
+        assert info["model"] == "efficientnet_lite0"
+        run = small.load_run_results("cleanlab")
+        assert run.probs_source == "knn" and run.probe["k"] == 5
+        assert len(small.exists("cleanlab_score")) == 60
+    finally:
+        small.delete()

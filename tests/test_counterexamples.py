@@ -6,6 +6,8 @@ measured against random candidates with the same observed label. The same
 measurement settles the sign of the kernel.
 """
 
+import re
+
 import numpy as np
 import pytest
 import threadpoolctl
@@ -227,3 +229,93 @@ def test_find_counterexamples_on_a_dataset(digits):
         review.find_counterexamples(
             digits[:10], ids[-1], embeddings_field="pixels"
         )
+
+
+def _suspicious_sample(dataset):
+    """A correctly labelled sample the probe disagrees with."""
+    X = np.stack(dataset.values("pixels"))
+    labels = dataset.values("ground_truth.label")
+    probe = ce.SoftmaxProbe(X, np.array([int(c) for c in labels]), 10)
+    pred = probe.predict_proba(X).argmax(1)
+    ids = dataset.values("id")
+    mislabeled = dataset.values("mislabeled")
+    return next(
+        ids[j]
+        for j in range(len(ids))
+        if str(pred[j]) != labels[j] and not mislabeled[j]
+    )
+
+
+def test_operator_matches_the_python_api(plugins_dir, digits_dataset):
+    import fiftyone.operators as foo
+
+    import fiftyone_hardness as foh
+
+    sample_id = _suspicious_sample(digits_dataset)
+    result = foo.execute_operator(
+        "@fiftyone-hardness/hardness/find_counterexamples",
+        dict(
+            dataset=digits_dataset,
+            current_sample=sample_id,
+            params=dict(
+                label_field="ground_truth", embeddings_field="pixels", k=3
+            ),
+        ),
+    )
+    assert result.error is None, result.error
+    shown = result.result
+    expected = foh.find_counterexamples(
+        digits_dataset, sample_id, embeddings_field="pixels", k=3
+    )
+    assert [c["id"] for c in shown["counterexamples"]] == (
+        expected["counterexample_ids"]
+    )
+    assert shown["target_label"] == expected["target_label"]
+
+
+#: invalid counter-example parameters: ``(kwargs, what Python says, what
+#: the App says)``
+INVALID_COUNTEREXAMPLES = [
+    (dict(k=0), "Invalid k=0", None),
+    (dict(k=101), "Invalid k=101", None),
+    (dict(k=2.5), "Invalid k=2.5", None),
+    (dict(target_label="cat"), "Unknown class 'cat'", None),
+    (dict(embeddings_field=""), "Invalid embeddings_field=''", "enum"),
+    (dict(embeddings_field="nope"), "no field 'nope'", "Invalid enum"),
+    (dict(kk=3), "Unknown parameter kk.*valid parameters", None),
+    # not in the form: Python takes it, the App does not know it
+    (dict(fisher_size=1), "Invalid fisher_size=1", "Unknown parameter"),
+]
+
+
+@pytest.mark.parametrize(
+    "kwargs,python_says,app_says",
+    INVALID_COUNTEREXAMPLES,
+    ids=[repr(c[0]) for c in INVALID_COUNTEREXAMPLES],
+)
+def test_invalid_values_are_refused_by_python_and_the_app(
+    plugins_dir, digits_dataset, kwargs, python_says, app_says
+):
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionError
+
+    import fiftyone_hardness as foh
+
+    sample_id = digits_dataset.first().id
+    kwargs = dict({"embeddings_field": "pixels"}, **kwargs)
+    # the new API and the old keyword API of the review module
+    with pytest.raises(HardnessError, match=python_says):
+        foh.find_counterexamples(digits_dataset, sample_id, **kwargs)
+    with pytest.raises(HardnessError, match=python_says):
+        review.find_counterexamples(digits_dataset, sample_id, **kwargs)
+    # FiftyOne refuses to execute a form with an invalid property
+    with pytest.raises(ExecutionError, match="Validation error") as refused:
+        foo.execute_operator(
+            "@fiftyone-hardness/hardness/find_counterexamples",
+            dict(
+                dataset=digits_dataset,
+                current_sample=sample_id,
+                params=dict(kwargs, label_field="ground_truth"),
+            ),
+        )
+    assert re.search(app_says or python_says, str(refused.value))

@@ -4,6 +4,7 @@ The foundation: packaging and plugin registration, the run machinery behind
 cleanup), embeddings and their bad inputs.
 """
 import os
+import re
 import subprocess
 import sys
 import time
@@ -135,6 +136,84 @@ def test_non_image_media_is_rejected():
 def test_unknown_model_is_rejected(digits):
     with pytest.raises(HardnessError, match="Unknown model"):
         foh.compute_embeddings(digits[:2], model="no-such-net")
+
+
+#: invalid embeddings parameters: ``(kwargs, what Python says, what the App
+#: says)``. Each is sent through ``foh.compute_embeddings`` and the
+#: ``compute_embeddings`` operator
+INVALID_EMBEDDINGS = [
+    (dict(batch_size=0), "Invalid batch_size=0", None),
+    (dict(embeddings_field=""), "Invalid embeddings_field=''", None),
+    (dict(embeddings_field="a.b"), "Invalid embeddings_field='a.b'", None),
+    (dict(model=""), "Invalid model=''", None),
+    (dict(image_size=4), "Invalid image_size=4", None),
+    (dict(skip_existing="yes"), "Invalid skip_existing='yes'", None),
+    (
+        dict(batchsize=8),
+        "Unknown parameter batchsize.*valid parameters",
+        "Unknown parameter batchsize",
+    ),
+    # not in the form: Python takes it, the App does not know it
+    (dict(num_workers=-1), "Invalid num_workers=-1", "Unknown parameter"),
+]
+
+
+@pytest.mark.parametrize(
+    "kwargs,python_says,app_says",
+    INVALID_EMBEDDINGS,
+    ids=[repr(c[0]) for c in INVALID_EMBEDDINGS],
+)
+def test_invalid_embeddings_values_are_refused_by_python_and_the_app(
+    plugins_dir, digits_dataset, kwargs, python_says, app_says
+):
+    from fiftyone.operators.executor import ExecutionError
+
+    view = digits_dataset.limit(4)
+    before = set(digits_dataset.get_field_schema())
+    with pytest.raises(HardnessError, match=python_says):
+        foh.compute_embeddings(view, **kwargs)
+    operator = foo.get_operator(
+        "@fiftyone-hardness/hardness/compute_embeddings"
+    )
+    # FiftyOne refuses to execute a form with an invalid property
+    with pytest.raises(ExecutionError, match="Validation error") as refused:
+        operator(view, **kwargs)
+    assert re.search(app_says or python_says, str(refused.value))
+    assert set(digits_dataset.get_field_schema()) == before
+
+
+def test_embeddings_form_comes_from_the_config(plugins_dir, digits):
+    from fiftyone.operators.executor import ExecutionContext
+
+    from fiftyone_hardness.methods.embeddings import EmbeddingsConfig
+
+    operator = foo.get_operator(
+        "@fiftyone-hardness/hardness/compute_embeddings"
+    )
+
+    def form(**params):
+        ctx = ExecutionContext(
+            request_params=dict(dataset_name=digits.name, params=params)
+        )
+        return operator.resolve_input(ctx).type.properties
+
+    shown = form()
+    expected = [p.name for p in EmbeddingsConfig.parameters() if p.form]
+    assert list(shown) == expected
+    assert shown["batch_size"].type.min == 1
+    assert shown["model"].default == "efficientnet_lite0"
+    assert shown["skip_existing"].default is False
+    # the input size only applies to the offline backbone
+    assert "image_size" not in form(model="ViT-B-32")
+    # an emptied field name is refused in the form, where it is typed
+    assert form(embeddings_field="")["embeddings_field"].invalid
+    video = fo.Dataset()
+    video.add_sample(fo.Sample(filepath="/tmp/video.mp4"))
+    ctx = ExecutionContext(
+        request_params=dict(dataset_name=video.name, params={})
+    )
+    assert operator.resolve_input(ctx).type.properties["not_images"].invalid
+    video.delete()
 
 
 def test_missing_and_wrong_label_fields(digits):
