@@ -43,11 +43,13 @@ def _dropdown(choices, multiple=False):
 
 def config_values(params, config_class, skip=()):
     """Returns the keyword arguments for the Python API from a form's
-    ``params``: every declared, shown parameter the form holds a value
-    for (empty values mean "the default")."""
+    ``params``: every declared parameter the form holds a value for (empty
+    values mean "the default"). Parameters the form does not show (e.g.
+    ``device``) are passed on too when a Python caller of the operator
+    gives them, so the App accepts exactly what Python accepts."""
     values = {}
     for p in config_class.parameters():
-        if not p.form or p.name in skip or p.name not in params:
+        if p.name in skip or p.name not in params:
             continue
         value = params[p.name]
         if value is None or value == "":
@@ -78,14 +80,16 @@ def config_inputs(inputs, params, config_class, skip=(), hide=()):
         if params.get(name) not in (None, ""):
             values[name] = params[name]
     errors = config_class.errors(values)
+    placed = set()
     for p in config_class.parameters():
         if not p.form or p.name in skip or p.name in hide:
             continue
         _add_input(inputs, p, errors.get(p.name))
+        placed.add(p.name)
+    # errors of parameters without an input of their own (rendered by the
+    # operator, hidden, or not in the form) still block execution
     unplaced = [
-        message
-        for name, message in errors.items()
-        if name is None or name in skip or name in hide
+        message for name, message in errors.items() if name not in placed
     ]
     for i, message in enumerate(unplaced):
         blocking_error(inputs, "config_error_%d" % i, message)
@@ -94,7 +98,7 @@ def config_inputs(inputs, params, config_class, skip=(), hide=()):
 
 def refuse_unknown_params(inputs, params, config_class, operator_params=()):
     """Adds a :func:`blocking_error` when ``params`` (e.g. from a Python
-    caller of the operator) hold a name that is neither a form parameter of
+    caller of the operator) hold a name that is neither a parameter of
     ``config_class``, one of ``operator_params``, nor an input of
     ``inputs``: such a value would otherwise be silently dropped.
 
@@ -102,7 +106,7 @@ def refuse_unknown_params(inputs, params, config_class, operator_params=()):
         True when every name is known
     """
     valid = list(operator_params) + [
-        p.name for p in config_class.parameters() if p.form
+        p.name for p in config_class.parameters()
     ]
     known = set(valid) | set(inputs.properties)
     unknown = sorted(
