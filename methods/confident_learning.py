@@ -950,9 +950,46 @@ def _read_predictions(data, field, classes):
         )
     if kind == "logits":
         probs = logits_to_probs(array, name="'%s' logits" % field)
+        _check_class_order(data, field, probs, field_classes)
     else:
         probs = validate_pred_probs(array, name="'%s'" % field)
     return probs, field_classes
+
+
+#: the largest fraction of predictions whose own ``label`` may disagree with
+#: the argmax of their logits read in the assumed class order; above it the
+#: order is wrong (a right order disagrees only on exact ties)
+MAX_ORDER_DISAGREEMENT = 0.05
+
+
+def _check_class_order(data, field, probs, field_classes):
+    """Refuses logits whose columns are evidently in another class order
+    than the one assumed: each prediction's own ``label`` then disagrees
+    with the argmax as read, and every score would be meaningless."""
+    try:
+        predicted = data.values(field + ".label")
+    except (ValueError, KeyError, AttributeError):
+        return
+    index = {c: i for i, c in enumerate(field_classes)}
+    rows = [i for i, label in enumerate(predicted) if label in index]
+    if not rows:
+        return
+    rows = np.asarray(rows)
+    stated = np.array([index[predicted[i]] for i in rows])
+    disagree = float(np.mean(probs[rows].argmax(axis=1) != stated))
+    if disagree > MAX_ORDER_DISAGREEMENT:
+        raise HardnessError(
+            "The logits of '%s' do not follow the class order %s...: their "
+            "argmax disagrees with the prediction's own label on %.0f%% of "
+            "samples. Pass classes=[...] in the order of the logit columns "
+            "(or set dataset.classes['%s'])"
+            % (
+                field,
+                ", ".join(map(str, field_classes[:5])),
+                100 * disagree,
+                field,
+            )
+        )
 
 
 def _stack(values):

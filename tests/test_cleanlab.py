@@ -911,3 +911,70 @@ def test_operator_computes_embeddings_first(plugins_dir, digits):
         assert len(small.exists("cleanlab_score")) == 60
     finally:
         small.delete()
+
+
+def test_knn_vote_with_classes_smaller_than_k():
+    """500 separable classes of 4 samples, k=10: each sample has only 3
+    neighbours of its own class, which a plain k-vote calls mislabeled
+    (31% of clean data flagged). The vote uses n_c - 1 neighbours there."""
+    rng = np.random.default_rng(0)
+    num_classes = 500
+    centers = rng.normal(size=(num_classes, 64)) * 5
+    labels = np.repeat(np.arange(num_classes), 4)
+    X = centers[labels] + rng.normal(size=(len(labels), 64)) * 0.3
+    result = probes.knn_vote_probs(X, labels, num_classes, k=10, device="cpu")
+    out = fcl.confident_learning(labels, result.pred_probs)
+    assert out["flag"].mean() < 0.01
+    assert result.cv_accuracy > 0.99
+    # a flipped sample of a small class still ranks as suspicious (cleanlab
+    # itself does not flag in classes this small: it keeps
+    # min_examples_per_class)
+    noisy = labels.copy()
+    noisy[:20] = (noisy[:20] + 7) % num_classes
+    result = probes.knn_vote_probs(X, noisy, num_classes, k=10, device="cpu")
+    truth = np.arange(len(noisy)) < 20
+    score = 1 - result.pred_probs[np.arange(len(noisy)), noisy]
+    assert _auroc(truth, score) > 0.99
+
+
+def test_knn_vote_is_unchanged_when_classes_exceed_k(noisy_digits):
+    X, labels = noisy_digits[0], noisy_digits[1]
+    result = probes.knn_vote_probs(X, labels, 10, k=10, device="cpu")
+    # the plain vote: fraction of the 10 nearest others per class
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    sims = Xn @ Xn.T
+    np.fill_diagonal(sims, -np.inf)
+    nearest = np.argsort(-sims, axis=1, kind="stable")[:, :10]
+    plain = np.zeros((len(labels), 10))
+    np.add.at(plain, (np.arange(len(labels))[:, None], labels[nearest]), 0.1)
+    # equal up to ties in similarity (broken by index in both)
+    assert np.mean(np.abs(result.pred_probs - plain).max(1) < 1e-9) > 0.995
+
+
+def test_logits_in_another_class_order_are_refused(tmp_path):
+    import fiftyone_hardness as foh
+
+    rng = np.random.default_rng(1)
+    n, num_classes = 300, 10
+    classes = [str(c) for c in range(num_classes)]
+    labels = rng.integers(0, num_classes, n)
+    probs = np.full((n, num_classes), 0.02)
+    probs[np.arange(n), labels] = 0.82
+    # the columns are stored in reverse class order
+    dataset = _bulk_dataset(
+        "logit-order", labels, probs[:, ::-1], classes
+    )
+    try:
+        # each prediction's own label is the true class, the argmax of the
+        # columns as read is another: refused with the fix
+        for sample in dataset.iter_samples(autosave=True):
+            sample.predictions.label = sample.ground_truth.label
+        with pytest.raises(HardnessError, match="class order"):
+            foh.compute_cleanlab(dataset, pred_field="predictions")
+        assert not dataset.list_runs()
+        results = foh.compute_cleanlab(
+            dataset, pred_field="predictions", classes=classes[::-1]
+        )
+        assert results.num_flagged < 0.05 * n
+    finally:
+        dataset.delete()
