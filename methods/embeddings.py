@@ -219,8 +219,9 @@ def _load_open_clip(model, pretrained, device):
             % (model, OFFLINE_BACKBONE)
         )
     try:
+        # weights_only: a checkpoint is data, never code to unpickle
         net, _, transform = open_clip.create_model_and_transforms(
-            model, pretrained=pretrained, device=device
+            model, pretrained=pretrained, device=device, weights_only=True
         )
     except Exception as e:
         if pretrained and not os.path.exists(str(pretrained)):

@@ -117,3 +117,27 @@ def test_operator_execution_refuses_hostile_folders(
     import fiftyone as fo
 
     assert not fo.dataset_exists("sec-inj")
+
+
+class _Payload:
+    """Unpickling this runs code: what a hostile checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("model", ["efficientnet_lite0", "RN50"])
+def test_checkpoints_are_never_unpickled(tmp_path, model):
+    import torch
+
+    from fiftyone_hardness.methods.embeddings import load_embedder
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "hostile.pt"
+    torch.save({"state_dict": _Payload(str(marker))}, path)
+    with pytest.raises(Exception):
+        load_embedder(model=model, pretrained=str(path), device="cpu")
+    assert not marker.exists()
