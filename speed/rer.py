@@ -32,9 +32,10 @@ Cases (each in a fresh process, so that its peak memory is its own):
 
 Run::
 
-    .venv/bin/python benchmarks/rer.py [--cases digits,synthetic,memory]
+    .venv/bin/python speed/rer.py [--cases digits,synthetic,memory]
         [--quick] [--device cuda] [--large 1000,100000]
 """
+
 import argparse
 import json
 import multiprocessing as mp
@@ -51,8 +52,9 @@ except ImportError:  # a bare checkout (e.g. a GPU box without FiftyOne):
     import types  # the array-level code needs numpy/torch/sklearn only
 
     _pkg = types.ModuleType("fiftyone_hardness")
-    _pkg.__path__ = [os.path.dirname(os.path.dirname(os.path.abspath(
-        __file__)))]
+    _pkg.__path__ = [
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ]
     sys.modules["fiftyone_hardness"] = _pkg
 
 
@@ -107,11 +109,13 @@ def _synthetic(n, dim, k, seed=0, rank=8):
 def _run_ours(X, labels, mask, **kwargs):
     from fiftyone_hardness.methods import rer
 
+    config = rer.RERConfig.from_kwargs(method="rer", **kwargs)
     start = time.perf_counter()
-    result = rer.compute_rer(X, labels, **kwargs)
+    result = rer.compute_rer(X, labels, config=config)
     seconds = time.perf_counter() - start
-    out = _quality(mask, result.scores, result.flags,
-                   result.results["noise_rate"])
+    out = _quality(
+        mask, result.scores, result.flags, result.results["noise_rate"]
+    )
     out["seconds"] = seconds
     out["chi_avg"] = result.results["chi_avg"]
     out["finite_losses"] = bool(np.all(np.isfinite(result.losses)))
@@ -145,8 +149,9 @@ def _run_sklearn_loop(X, labels, mask, seed=0):
     stats = rer.ErrorStatistics.from_errors(errors, labels)
     result = rer.rer_from_statistics(stats, labels, calibration="reference")
     seconds = time.perf_counter() - start
-    out = _quality(mask, result.scores, result.flags,
-                   result.results["noise_rate"])
+    out = _quality(
+        mask, result.scores, result.flags, result.results["noise_rate"]
+    )
     out["seconds"] = seconds
     return out
 
@@ -176,22 +181,32 @@ def _case(name, queue):
             out = _run_ours(X, labels, mask, seed=0, device=device)
         elif kind == "memory":
             out = _run_ours(
-                X, labels, mask, epochs=1, min_steps=2,
-                class_chunk_size=100, seed=0,
+                X,
+                labels,
+                mask,
+                epochs=1,
+                min_steps=2,
+                class_chunk_size=100,
+                seed=0,
             )
         elif variant == "ours":
             out = _run_ours(X, labels, mask, seed=seed, device=device)
         elif variant == "loop":
-            out = _run_ours(X, labels, mask, seed=seed, class_chunk_size=1,
-                            device=device)
+            out = _run_ours(
+                X, labels, mask, seed=seed, class_chunk_size=1, device=device
+            )
         else:
             out = _run_sklearn_loop(X, labels, mask, seed=seed)
         if device and device.startswith("cuda"):
             out["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
             out["gpu"] = torch.cuda.get_device_name()
         out.update(
-            case=name, peak_mb=_peak_mb(), base_mb=base, device=device,
-            data_mb=X.nbytes / 2**20, threads=torch.get_num_threads(),
+            case=name,
+            peak_mb=_peak_mb(),
+            base_mb=base,
+            device=device,
+            data_mb=X.nbytes / 2**20,
+            threads=torch.get_num_threads(),
         )
         queue.put(out)
     except BaseException as e:  # report, don't hang the parent
@@ -216,8 +231,16 @@ def _line(label, r):
     return (
         "  %-22s %7.2f s  peak %6.0f MB (+%5.0f)  AUROC %.4f  F1 %.3f  "
         "noise %s (truth %.2f)"
-        % (label, r["seconds"], r["peak_mb"], r["peak_mb"] - r["base_mb"],
-           r["auroc"], r["f1"], noise, r["truth"])
+        % (
+            label,
+            r["seconds"],
+            r["peak_mb"],
+            r["peak_mb"] - r["base_mb"],
+            r["auroc"],
+            r["f1"],
+            noise,
+            r["truth"],
+        )
     )
 
 
@@ -235,9 +258,12 @@ def bench_digits(seeds):
         print(
             "  speed-up: %.1fx vs the per-class loop, %.1fx vs the sklearn "
             "loop, %.0f-%.0fx vs the reference's stated 51-75 s"
-            % (loop["seconds"] / ours["seconds"],
-               mlp["seconds"] / ours["seconds"],
-               51 / ours["seconds"], 75 / ours["seconds"])
+            % (
+                loop["seconds"] / ours["seconds"],
+                mlp["seconds"] / ours["seconds"],
+                51 / ours["seconds"],
+                75 / ours["seconds"],
+            )
         )
         rows.append((ours, loop, mlp))
     print(
@@ -254,8 +280,10 @@ def bench_synthetic(with_loop=True):
     if with_loop:
         loop = run_case("synthetic:loop:0")
         print(_line("per-class loop", loop))
-        print("  speed-up: %.2fx vs the per-class loop"
-              % (loop["seconds"] / ours["seconds"]))
+        print(
+            "  speed-up: %.2fx vs the per-class loop"
+            % (loop["seconds"] / ours["seconds"])
+        )
     return ours
 
 
@@ -272,13 +300,19 @@ def bench_memory(n):
             "  %4d classes: %7.1f s  peak %6.0f MB, of which features %.0f "
             "MB, working memory %.0f MB (features projected on %d principal "
             "components)"
-            % (k, r["seconds"], r["peak_mb"], r["data_mb"],
-               r["peak_mb"] - r["base_mb"], r["feature_dims"])
+            % (
+                k,
+                r["seconds"],
+                r["peak_mb"],
+                r["data_mb"],
+                r["peak_mb"] - r["base_mb"],
+                r["feature_dims"],
+            )
         )
-    from fiftyone_hardness.methods import rer
+    from fiftyone_hardness.methods.rer.autoencoders import model_floats
 
     kept = rows[1000]["feature_dims"]
-    per_model = rer._model_floats(kept, (256,), 10) * 4 / 2**20
+    per_model = model_floats(kept, (256,), 10) * 4 / 2**20
     work = rows[1000]["peak_mb"] - rows[1000]["base_mb"]
     # what scales with N: the features, their projection and its scaled
     # copy, the chunk's (100 x N) errors and the per-sample statistics
@@ -294,18 +328,21 @@ def bench_memory(n):
     print(
         "  bound for 1000 classes x 100k x 768: about %.1f GB peak "
         "(measured %.0f MB at N=%d + %.3f MB per extra sample); "
-        "24 GiB available" % (bound / 1024, rows[1000]["peak_mb"], n,
-                              per_sample)
+        "24 GiB available"
+        % (bound / 1024, rows[1000]["peak_mb"], n, per_sample)
     )
     return rows
 
 
 def bench_large(k, n):
-    print("large: %d classes x %d samples x 768 dims, default settings" % (k, n))
+    print(
+        "large: %d classes x %d samples x 768 dims, default settings" % (k, n)
+    )
     r = run_case("large:%d:%d" % (k, n))
     gpu = (
         ", GPU peak %.0f MB (%s)" % (r["gpu_peak_mb"], r["gpu"])
-        if "gpu_peak_mb" in r else ""
+        if "gpu_peak_mb" in r
+        else ""
     )
     print(_line("ours", r) + gpu)
     return r
@@ -314,13 +351,22 @@ def bench_large(k, n):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--cases", default="digits,synthetic,memory")
-    parser.add_argument("--quick", action="store_true",
-                        help="one digits seed, no synthetic per-class loop")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="one digits seed, no synthetic per-class loop",
+    )
     parser.add_argument("--memory-n", type=int, default=20000)
-    parser.add_argument("--device", default=None,
-                        help="torch device (default: cuda when available)")
-    parser.add_argument("--large", default="1000,100000",
-                        help="classes,samples of the 'large' case")
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="torch device (default: cuda when available)",
+    )
+    parser.add_argument(
+        "--large",
+        default="1000,100000",
+        help="classes,samples of the 'large' case",
+    )
     args = parser.parse_args()
     if args.device:
         os.environ["RER_BENCH_DEVICE"] = args.device

@@ -22,9 +22,10 @@ with :data:`fiftyone_hardness.methods.rer.CALIBRATIONS` ``["fitted"]``.
 
 Run::
 
-    .venv/bin/python benchmarks/rer_calibration.py [--pca auto none 0.9]
+    .venv/bin/python speed/rer_calibration.py [--pca auto none 0.9]
         [--refit]
 """
+
 import argparse
 import itertools
 import os
@@ -49,18 +50,28 @@ def feature_sets():
         )
 
         embedder = load_embedder("efficientnet_lite0", image_size=64)
-        np.save(cached, np.concatenate(
-            [batch for _, batch, _ in embed_files(filepaths, embedder)]
-        ))
-    sets = {"pixels": (pixels, digits), "embeddings": (np.load(cached),
-                                                       digits)}
+        np.save(
+            cached,
+            np.concatenate(
+                [batch for _, batch, _ in embed_files(filepaths, embedder)]
+            ),
+        )
+    sets = {
+        "pixels": (pixels, digits),
+        "embeddings": (np.load(cached), digits),
+    }
     for name in ("wine", "breast_cancer", "iris"):
         data = getattr(datasets, "load_" + name)()
         sets[name] = (data.data.astype(np.float32), data.target)
-    faces = np.load(os.path.join(os.path.dirname(skimage.__file__), "data",
-                                 "lfw_subset.npy"))
-    sets["lfw"] = (faces.reshape(len(faces), -1).astype(np.float32),
-                   np.repeat([0, 1], len(faces) // 2))
+    faces = np.load(
+        os.path.join(
+            os.path.dirname(skimage.__file__), "data", "lfw_subset.npy"
+        )
+    )
+    sets["lfw"] = (
+        faces.reshape(len(faces), -1).astype(np.float32),
+        np.repeat([0, 1], len(faces) // 2),
+    )
     return sets
 
 
@@ -68,13 +79,24 @@ def settings():
     """``(feature set, noise kind, rate, seed)`` of every setting."""
     out = []
     for seed in (10, 11):
-        for kind, rate in [("symmetric", 0.05), ("symmetric", 0.1),
-                           ("symmetric", 0.3), ("symmetric", 0.4),
-                           ("pair", 0.1), ("pair", 0.2), ("pair", 0.3),
-                           ("asymmetric", 0.2), ("adjacent", 0.2)]:
+        for kind, rate in [
+            ("symmetric", 0.05),
+            ("symmetric", 0.1),
+            ("symmetric", 0.3),
+            ("symmetric", 0.4),
+            ("pair", 0.1),
+            ("pair", 0.2),
+            ("pair", 0.3),
+            ("asymmetric", 0.2),
+            ("adjacent", 0.2),
+        ]:
             out.append(("pixels", kind, rate, seed))
-    for kind, rate in [("symmetric", 0.0), ("symmetric", 0.1),
-                       ("symmetric", 0.3), ("pair", 0.2)]:
+    for kind, rate in [
+        ("symmetric", 0.0),
+        ("symmetric", 0.1),
+        ("symmetric", 0.3),
+        ("pair", 0.2),
+    ]:
         out.append(("embeddings", kind, rate, 10))
     for name in ("wine", "breast_cancer", "iris", "lfw"):
         for rate in (0.0, 0.1, 0.2, 0.3):
@@ -85,7 +107,7 @@ def settings():
 def run_settings(sets, **options):
     """Runs RER on every setting; returns one dict per setting."""
     from fiftyone_hardness.methods.label_noise import inject_label_noise
-    from fiftyone_hardness.methods.rer import compute_rer
+    from fiftyone_hardness.methods.rer import RERConfig, compute_rer
 
     rows = []
     for name, kind, rate, seed in settings():
@@ -93,9 +115,9 @@ def run_settings(sets, **options):
         labels, truth = inject_label_noise(
             clean, int(clean.max()) + 1, rate, kind=kind, seed=seed
         )
-        result = compute_rer(X, labels, seed=seed, **options)
-        rows.append(dict(name=name, labels=labels, truth=truth,
-                         result=result))
+        config = RERConfig.from_kwargs(method="rer", seed=seed, **options)
+        result = compute_rer(X, labels, config=config)
+        rows.append(dict(name=name, labels=labels, truth=truth, result=result))
     return rows
 
 
@@ -107,17 +129,21 @@ def quality(rows, calibration="fitted"):
 
     aurocs, f1s, errors, per_set = [], [], [], {}
     for row in rows:
-        out = rer_from_statistics(row["result"].stats, row["labels"],
-                                  calibration=calibration)
+        out = rer_from_statistics(
+            row["result"].stats, row["labels"], calibration=calibration
+        )
         errors.append(abs(out.results["noise_rate"] - row["truth"].mean()))
         if row["truth"].any():
             auroc = roc_auc_score(row["truth"], out.scores)
             aurocs.append(auroc)
             f1s.append(f1_score(row["truth"], out.flags))
             per_set.setdefault(row["name"], []).append(auroc)
-    return (float(np.mean(aurocs)), float(np.mean(f1s)),
-            float(np.mean(errors)),
-            {k: float(np.mean(v)) for k, v in per_set.items()})
+    return (
+        float(np.mean(aurocs)),
+        float(np.mean(f1s)),
+        float(np.mean(errors)),
+        {k: float(np.mean(v)) for k, v in per_set.items()},
+    )
 
 
 def refit(rows):
@@ -128,43 +154,68 @@ def refit(rows):
         noise_rate_estimate,
     )
 
-    raw = np.array([
-        (r["result"].results["chi0"] - r["result"].results["chi_rand"])
-        / (1.0 - r["result"].results["chi_rand"]) for r in rows
-    ])
+    raw = np.array(
+        [
+            (r["result"].results["chi0"] - r["result"].results["chi_rand"])
+            / (1.0 - r["result"].results["chi_rand"])
+            for r in rows
+        ]
+    )
     true = np.array([r["truth"].mean() for r in rows])
     (scale, offset), *_ = np.linalg.lstsq(
         np.c_[raw, np.ones_like(raw)], true, rcond=None
     )
     current = CALIBRATIONS["fitted"]
-    for label, s, o in (("refit", scale, offset),
-                        ("fitted", current["eta_scale"],
-                         current["eta_offset"]),
-                        ("reference", 1.0, 0.0)):
-        mae = np.mean(np.abs([
-            noise_rate_estimate(r["result"].results["chi0"],
-                                r["result"].results["chi_rand"],
-                                dict(eta_scale=s, eta_offset=o))
-            for r in rows
-        ] - true))
-        print("  noise line %-9s eta = %.4f * raw %+.4f: MAE %.4f"
-              % (label, s, o, mae))
+    for label, s, o in (
+        ("refit", scale, offset),
+        ("fitted", current["eta_scale"], current["eta_offset"]),
+        ("reference", 1.0, 0.0),
+    ):
+        mae = np.mean(
+            np.abs(
+                [
+                    noise_rate_estimate(
+                        r["result"].results["chi0"],
+                        r["result"].results["chi_rand"],
+                        dict(eta_scale=s, eta_offset=o),
+                    )
+                    for r in rows
+                ]
+                - true
+            )
+        )
+        print(
+            "  noise line %-9s eta = %.4f * raw %+.4f: MAE %.4f"
+            % (label, s, o, mae)
+        )
     best = (-1.0, None)
     for t_scale, gamma_exp, gamma_high in itertools.product(
         (0.95, 1.0, 1.01, 1.03, 1.05, 1.1),
         (0.4, 0.6, 0.8, 1.0, 1.2, 1.5),
         (5.0, 8.0, 10.0, 12.5, 15.0, 20.0),
     ):
-        constants = dict(current, eta_scale=scale, eta_offset=offset,
-                         t_scale=t_scale, gamma_exp=gamma_exp,
-                         gamma_high=gamma_high)
+        constants = dict(
+            current,
+            eta_scale=scale,
+            eta_offset=offset,
+            t_scale=t_scale,
+            gamma_exp=gamma_exp,
+            gamma_high=gamma_high,
+        )
         f1 = quality(rows, constants)[1]
         if f1 > best[0]:
             best = (f1, constants)
-    print("  threshold grid: best mean F1 %.4f with t_scale %.2f, gamma_exp "
-          "%.2f, gamma_high %.1f; the fitted constants: %.4f"
-          % (best[0], best[1]["t_scale"], best[1]["gamma_exp"],
-             best[1]["gamma_high"], quality(rows)[1]))
+    print(
+        "  threshold grid: best mean F1 %.4f with t_scale %.2f, gamma_exp "
+        "%.2f, gamma_high %.1f; the fitted constants: %.4f"
+        % (
+            best[0],
+            best[1]["t_scale"],
+            best[1]["gamma_exp"],
+            best[1]["gamma_high"],
+            quality(rows)[1],
+        )
+    )
 
 
 def _pca_value(text):
@@ -177,28 +228,46 @@ def _pca_value(text):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pca", nargs="+", default=["auto", "none"],
-                        help="pca_components values to compare: auto, none, "
-                        "an int or a variance fraction")
-    parser.add_argument("--refit", action="store_true",
-                        help="refit the calibration constants on the first "
-                        "--pca value")
+    parser.add_argument(
+        "--pca",
+        nargs="+",
+        default=["auto", "none"],
+        help="pca_components values to compare: auto, none, "
+        "an int or a variance fraction",
+    )
+    parser.add_argument(
+        "--refit",
+        action="store_true",
+        help="refit the calibration constants on the first " "--pca value",
+    )
     args = parser.parse_args(argv)
     sets = feature_sets()
-    print("%d settings; feature sets: %s" % (len(settings()), ", ".join(
-        "%s %dx%d" % (k, *v[0].shape) for k, v in sets.items())))
+    print(
+        "%d settings; feature sets: %s"
+        % (
+            len(settings()),
+            ", ".join("%s %dx%d" % (k, *v[0].shape) for k, v in sets.items()),
+        )
+    )
     for i, text in enumerate(args.pca):
         start = time.perf_counter()
         rows = run_settings(sets, pca_components=_pca_value(text))
         auroc, f1, mae, per_set = quality(rows)
-        dims = {r["name"]: r["result"].results["model_config"][
-            "feature_dims"] for r in rows}
-        print("pca_components=%-5s mean AUROC %.4f  F1 %.4f  noise MAE %.4f"
-              "  (%.0f s)" % (text, auroc, f1, mae,
-                              time.perf_counter() - start))
-        print("  AUROC per set: " + ", ".join(
-            "%s %.3f (%d dims)" % (k, v, dims[k]) for k, v in
-            per_set.items()))
+        dims = {
+            r["name"]: r["result"].results["model_config"]["feature_dims"]
+            for r in rows
+        }
+        print(
+            "pca_components=%-5s mean AUROC %.4f  F1 %.4f  noise MAE %.4f"
+            "  (%.0f s)" % (text, auroc, f1, mae, time.perf_counter() - start)
+        )
+        print(
+            "  AUROC per set: "
+            + ", ".join(
+                "%s %.3f (%d dims)" % (k, v, dims[k])
+                for k, v in per_set.items()
+            )
+        )
         if args.refit and i == 0:
             refit(rows)
 

@@ -1,9 +1,13 @@
 """
 Reconstruction Error Ratios: formulas against a direct transcription of
-METHODS.md, quality on scikit-learn digits with known label noise, the
+docs/methods.md, quality on scikit-learn digits with known label noise, the
 chunked statistics, determinism, bad input, and the end-to-end path through
 ``dataset.apply_hardness("rer", ...)`` and the App operator.
 """
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,12 +15,32 @@ import pytest
 from fiftyone_hardness.methods import rer
 from fiftyone_hardness.methods.base import HardnessError, LabeledData
 from fiftyone_hardness.methods.label_noise import inject_label_noise
+from fiftyone_hardness.methods.rer import autoencoders
+from fiftyone_hardness.methods.rer.config import RERConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _auroc(truth, scores):
     from sklearn.metrics import roc_auc_score
 
     return roc_auc_score(np.asarray(truth, bool), np.asarray(scores, float))
+
+
+def _compute(X, labels, num_classes=None, keep_errors=False, **params):
+    """``compute_rer`` with the config of ``params``."""
+    return rer.compute_rer(
+        X,
+        labels,
+        num_classes=num_classes,
+        config=RERConfig.from_kwargs(method="rer", **params),
+        keep_errors=keep_errors,
+    )
+
+
+def _run(data, **params):
+    """The registry adapter ``run_rer`` with the config of ``params``."""
+    return rer.run_rer(data, RERConfig.from_kwargs(method="rer", **params))
 
 
 def _f1(truth, flags):
@@ -39,16 +63,16 @@ def noisy_run(digits_arrays):
     the demo dataset's noise)."""
     X, y = digits_arrays
     noisy, mask = inject_label_noise(y, 10, 0.2, kind="symmetric", seed=0)
-    return rer.compute_rer(X, noisy, seed=0), noisy, mask
+    return _compute(X, noisy, seed=0), noisy, mask
 
 
 # ---------------------------------------------------------------------------
-# Formulas: a direct numpy transcription of METHODS.md section 1
+# Formulas: a direct numpy transcription of docs/methods.md section 1
 # ---------------------------------------------------------------------------
 
 
 def _transcription(E, y, constants):
-    """METHODS.md section 1 steps 4-6, written out literally."""
+    """docs/methods.md section 1 steps 4-6, written out literally."""
     K, N = E.shape
     r = np.array(
         [
@@ -72,8 +96,14 @@ def _transcription(E, y, constants):
         )
     class_chis = {c: r[y == c].mean() for c in np.unique(y)}
     return dict(
-        r=r, chi_avg=chi_avg, chi0=chi0, chi_rand=chi_rand, eta=eta,
-        threshold=t, flags=r > t, class_chis=class_chis,
+        r=r,
+        chi_avg=chi_avg,
+        chi0=chi0,
+        chi_rand=chi_rand,
+        eta=eta,
+        threshold=t,
+        flags=r > t,
+        class_chis=class_chis,
         pred=E.argmin(axis=0),
     )
 
@@ -145,7 +175,7 @@ def test_running_statistics_over_class_chunks_equal_full_matrix(chunk):
 
     E, y = E_HIGH, Y_HIGH
     full = rer.ErrorStatistics.from_errors(E, y)
-    running = rer._RunningStatistics(y, full.rand_labels, "cpu")
+    running = autoencoders.RunningStatistics(y, full.rand_labels, "cpu")
     for start in range(0, len(E), chunk):
         ids = np.arange(start, min(start + chunk, len(E)))
         running.update(ids, torch.as_tensor(E[ids]))
@@ -188,7 +218,7 @@ def test_ab_params_positive_and_similarity_finite():
     assert a == pytest.approx(1.58, abs=0.05)
     assert b == pytest.approx(0.9, abs=0.03)
     d2 = torch.tensor([0.0, 1e-12, 1e-3, 1.0, 1e6], requires_grad=True)
-    logits = rer._safe_log_q_logits(d2, a, b)
+    logits = autoencoders.umap_logits(d2, a, b)
     loss = torch.nn.functional.binary_cross_entropy_with_logits(
         logits, torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0])
     )
@@ -232,7 +262,7 @@ def test_principal_components_match_sklearn(n, d):
     ratios = PCA(svd_solver="full").fit(X).explained_variance_ratio_
     Z, explained = rer.principal_components(X, 0.8)
     k = Z.shape[1]
-    assert ratios[:k].sum() >= 0.8 - 1e-6 > ratios[:k - 1].sum()
+    assert ratios[:k].sum() >= 0.8 - 1e-6 > ratios[: k - 1].sum()
     assert explained >= 0.8 - 1e-6
 
 
@@ -241,23 +271,126 @@ def test_pca_components_auto_rule(digits_arrays):
     the median class has samples to fit; an int or a fraction always
     projects; None never does."""
     X, y = digits_arrays  # 64 dims, ~180 samples per class
-    config = rer.compute_rer(X, y, epochs=1).results["model_config"]
+    config = _compute(X, y, epochs=1).results["model_config"]
     assert config["pca_components"] == "auto"
     assert config["feature_dims"] == config["input_dims"] == 64
     assert config["explained_variance"] is None
-    config = rer.compute_rer(
-        X, y, epochs=1, fit_samples_per_class=50
-    ).results["model_config"]
+    config = _compute(X, y, epochs=1, fit_samples_per_class=50).results[
+        "model_config"
+    ]
     assert config["feature_dims"] < 64  # 64 dims > 50 samples per class
     assert config["explained_variance"] >= rer.AUTO_PCA_VARIANCE - 1e-6
-    config = rer.compute_rer(
-        X, y, epochs=1, pca_components=12
-    ).results["model_config"]
+    config = _compute(X, y, epochs=1, pca_components=12).results[
+        "model_config"
+    ]
     assert config["feature_dims"] == 12
-    config = rer.compute_rer(
+    config = _compute(
         X, y, epochs=1, pca_components=None, fit_samples_per_class=50
     ).results["model_config"]
     assert config["feature_dims"] == 64
+
+
+# ---------------------------------------------------------------------------
+# The batched autoencoders, the optimizer and the package
+# ---------------------------------------------------------------------------
+
+
+def _fit(model, x, steps=5):
+    """A few full-batch steps of the reconstruction loss (no dropout)."""
+    import torch
+
+    optimizer = autoencoders.make_optimizer(model, 1e-2, 1e-3)
+    assert isinstance(optimizer, torch.optim.Adam)  # the public optimizer
+    for _ in range(steps):
+        rec = model.decode(model.encode(x))
+        ((rec - x) ** 2).mean(dim=(1, 2)).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return model
+
+
+def test_batched_training_equals_independent_trainings():
+    """Adam is elementwise and the loss a sum of per-model losses, so the
+    middle model of a batch of 3 ends where it ends trained alone."""
+    import torch
+
+    x = torch.as_tensor(
+        np.random.default_rng(0).random((3, 16, 6)), dtype=torch.float32
+    )
+    batched = autoencoders.BatchedAutoencoders(3, 6, (8,), 2, [3, 4, 5], "cpu")
+    alone = autoencoders.BatchedAutoencoders(1, 6, (8,), 2, [4], "cpu")
+    for b, a in zip(batched.parameters(), alone.parameters()):
+        torch.testing.assert_close(b[1:2].detach(), a.detach())
+    start = [p.detach().clone() for p in alone.parameters()]
+    _fit(batched, x)
+    _fit(alone, x[1:2])
+    assert not all(
+        torch.equal(p, q) for p, q in zip(alone.parameters(), start)
+    )
+    for b, a in zip(batched.parameters(), alone.parameters()):
+        torch.testing.assert_close(
+            b[1:2].detach(), a.detach(), rtol=1e-6, atol=1e-7
+        )
+
+
+def test_l2_penalty_applies_to_weights_not_biases():
+    """With zero loss gradients, Adam's first step moves each weight by the
+    learning rate towards 0 (the penalty's gradient ``2 * l2 * w``) and
+    leaves the biases alone."""
+    import torch
+
+    model = autoencoders.BatchedAutoencoders(2, 6, (8,), 2, [0, 1], "cpu")
+    with torch.no_grad():
+        for b in model.biases:
+            b.fill_(0.5)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = autoencoders.make_optimizer(model, learning_rate=0.1, l2=1.0)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    for w, old in zip(model.weights, before):
+        torch.testing.assert_close(
+            w.detach(), old - 0.1 * torch.sign(old), rtol=0, atol=1e-4
+        )
+    for b in model.biases:
+        assert torch.all(b == 0.5)
+
+
+def test_package_imports_neither_torch_nor_fiftyone():
+    """Importing the package (e.g. to build the App form from its config)
+    stays cheap: torch is imported by the functions that train. The root
+    package is stubbed because it is the FiftyOne layer."""
+    code = (
+        "import sys, types\n"
+        "pkg = types.ModuleType('fiftyone_hardness')\n"
+        "pkg.__path__ = [%r]\n"
+        "sys.modules['fiftyone_hardness'] = pkg\n"
+        "import fiftyone_hardness.methods.rer as rer\n"
+        "assert callable(rer.compute_rer) and rer.RERConfig().epochs == 10\n"
+        "print('torch' in sys.modules, 'fiftyone' in sys.modules)\n" % REPO
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_epochs_default_is_the_configs():
+    """``RERConfig.epochs`` is the one default, whatever the objective."""
+    import json
+
+    rng = np.random.default_rng(0)
+    X = rng.random((40, 6))
+    y = np.repeat([0, 1, 2, 3], 10)
+    result = rer.compute_rer(X, y)  # no config: the defaults
+    config = result.results["model_config"]
+    assert config["epochs"] == RERConfig().epochs == 10
+    # 10 samples per class in batches of 64: one step per epoch
+    assert config["steps"] == 10 and result.losses.shape == (10, 4)
+    other = _compute(X, y, objective="reconstruction")
+    assert other.results["model_config"]["steps"] == 10
+    json.dumps(config)  # stored with the run
 
 
 # ---------------------------------------------------------------------------
@@ -284,7 +417,7 @@ def test_digits_pixels_20pct_symmetric(noisy_run):
 
 def test_digits_pixels_clean_labels(digits_arrays, noisy_run):
     X, y = digits_arrays
-    clean = rer.compute_rer(X, y, seed=0)
+    clean = _compute(X, y, seed=0)
     assert clean.results["noise_rate"] < 0.05
     assert clean.results["chi_avg"] < noisy_run[0].results["chi_avg"]
     assert (
@@ -309,7 +442,8 @@ def test_mistake_probability_on_digits(noisy_run):
     result, noisy, mask = noisy_run
     ratios = result.scores
     probs = rer.mistake_probability(
-        ratios, rer.random_label_ratios(result.stats),
+        ratios,
+        rer.random_label_ratios(result.stats),
         result.results["noise_rate"],
     )
     assert np.all((probs >= 0) & (probs <= 1))
@@ -320,7 +454,7 @@ def test_mistake_probability_on_digits(noisy_run):
 def test_reconstruction_objective(digits_arrays):
     X, y = digits_arrays
     noisy, mask = inject_label_noise(y, 10, 0.2, kind="symmetric", seed=2)
-    result = rer.compute_rer(
+    result = _compute(
         X, noisy, objective="reconstruction", seed=2, estimate_probs=True
     )
     assert np.all(np.isfinite(result.losses))
@@ -334,7 +468,7 @@ def test_chunked_path_and_determinism(digits_arrays):
     X, y = X[:700], y[:700]
     noisy, mask = inject_label_noise(y, 10, 0.2, seed=5)
     kwargs = dict(seed=1, epochs=4, class_chunk_size=3, sample_chunk_size=128)
-    a = rer.compute_rer(X, noisy, keep_errors=True, **kwargs)
+    a = _compute(X, noisy, keep_errors=True, **kwargs)
     # the running statistics over class chunks are those of the K x N matrix
     full = rer.ErrorStatistics.from_errors(
         a.errors, noisy, rand_labels=a.stats.rand_labels
@@ -345,17 +479,22 @@ def test_chunked_path_and_determinism(digits_arrays):
         )
     assert a.errors.shape == (10, 700)
     # deterministic on CPU for a seed
-    b = rer.compute_rer(X, noisy, **kwargs)
+    b = _compute(X, noisy, **kwargs)
     np.testing.assert_array_equal(a.scores, b.scores)
-    c = rer.compute_rer(X, noisy, **dict(kwargs, seed=2))
+    c = _compute(X, noisy, **dict(kwargs, seed=2))
     assert not np.array_equal(a.scores, c.scores)
 
 
 def test_fit_subsampling_and_config(digits_arrays):
     X, y = digits_arrays
-    result = rer.compute_rer(
-        X, y, fit_samples_per_class=40, hidden_dims=(64,), n_components=4,
-        epochs=3, seed=0,
+    result = _compute(
+        X,
+        y,
+        fit_samples_per_class=40,
+        hidden_dims=(64,),
+        n_components=4,
+        epochs=3,
+        seed=0,
     )
     cfg = result.results["model_config"]
     assert cfg["hidden_dims"] == [64] and cfg["n_components"] == 4
@@ -367,7 +506,7 @@ def test_fit_subsampling_and_config(digits_arrays):
 def test_unsupervised_kmeans(digits_arrays):
     X, y = digits_arrays
     data = _labeled_data(X, y)
-    out = rer.run_rer(
+    out = _run(
         data, embeddings_field="x", unsupervised=True, n_clusters=8, epochs=3
     )
     assert set(out.fields) == {"score", "flag", "cluster"}
@@ -398,45 +537,53 @@ def test_bad_input():
     X = rng.random((40, 6))
     y = np.repeat([0, 1, 2, 3], 10)
     with pytest.raises(HardnessError, match="at least 2 classes"):
-        rer.compute_rer(X, np.zeros(40, int))
+        _compute(X, np.zeros(40, int))
     one = y.copy()
     one[0] = 4  # class 4 has a single sample
     with pytest.raises(HardnessError, match="at least 2 samples per class"):
-        rer.compute_rer(X, one)
+        _compute(X, one)
     for bad in (np.nan, np.inf):
         Xb = X.copy()
         Xb[3, 2] = bad
         with pytest.raises(HardnessError, match="NaN or inf"):
-            rer.compute_rer(Xb, y)
-    with pytest.raises(HardnessError, match="labels for"):
-        rer.compute_rer(X, y[:-1])
+            _compute(Xb, y)
+    with pytest.raises(HardnessError, match="Got 40 rows .* for 39 labels"):
+        _compute(X, y[:-1])
     with pytest.raises(HardnessError, match="out of range"):
-        rer.compute_rer(X, y, num_classes=3)
-    with pytest.raises(HardnessError, match="objective"):
-        rer.compute_rer(X, y, objective="vae")
+        _compute(X, y, num_classes=3)
     with pytest.raises(HardnessError, match="shape"):
-        rer.compute_rer(X[:, 0], y)
+        _compute(X[:, 0], y)
+    with pytest.raises(HardnessError, match="config must be an RERConfig"):
+        rer.compute_rer(X, y, config={"epochs": 2})
+    # the config refuses bad values, naming the parameter
+    with pytest.raises(HardnessError, match="objective='vae'"):
+        _compute(X, y, objective="vae")
     for bad in ("pca", 0, -3, 0.0, 1.5, True, [4]):
         with pytest.raises(HardnessError, match="pca_components"):
-            rer.compute_rer(X, y, pca_components=bad)
+            _compute(X, y, pca_components=bad)
+    # the two that used to be checked only by the App form
+    with pytest.raises(HardnessError, match="epochs=0"):
+        _compute(X, y, epochs=0)
+    with pytest.raises(HardnessError, match="fit_frac=0"):
+        _compute(X, y, fit_frac=0)
 
     # through the adapter: missing vectors, mixed dimensions, NaN, no field
     vectors = list(X)
     vectors[5] = None
     with pytest.raises(HardnessError, match="no value"):
-        rer.run_rer(_labeled_data(vectors, y), embeddings_field="x")
+        _run(_labeled_data(vectors, y), embeddings_field="x")
     vectors = list(X)
     vectors[5] = X[5][:3]
     with pytest.raises(HardnessError, match="different lengths"):
-        rer.run_rer(_labeled_data(vectors, y), embeddings_field="x")
+        _run(_labeled_data(vectors, y), embeddings_field="x")
     vectors = list(X)
     vectors[7] = np.full(6, np.nan)
     with pytest.raises(HardnessError, match="NaN or inf"):
-        rer.run_rer(_labeled_data(vectors, y), embeddings_field="x")
+        _run(_labeled_data(vectors, y), embeddings_field="x")
     with pytest.raises(HardnessError, match="embeddings field"):
-        rer.run_rer(_labeled_data(X, y))
-    with pytest.raises(HardnessError, match="difficulty range"):
-        rer.run_rer(
+        _run(_labeled_data(X, y))
+    with pytest.raises(HardnessError, match="difficulty_range='RN50'"):
+        _run(
             _labeled_data(X, y), embeddings_field="x", difficulty_range="RN50"
         )
 
@@ -449,7 +596,7 @@ def test_class_without_samples_is_never_predicted():
     y = np.repeat([0, 2, 3], 20)
     X = centers[np.searchsorted([0, 2, 3], y)] + rng.normal(0, 0.3, (60, 6))
     data = _labeled_data(X, y, classes=["a", "b", "c", "d"])
-    out = rer.run_rer(data, embeddings_field="x", epochs=5)
+    out = _run(data, embeddings_field="x", epochs=5)
     assert "b" not in set(out.fields["pred"])
     assert set(out.results["class_chis"]) == {"a", "c", "d"}
     assert np.all(np.isfinite(out.fields["score"]))
@@ -460,8 +607,10 @@ def test_reference_difficulty_range_by_model_name():
     rng = np.random.default_rng(0)
     X = rng.random((40, 6))
     y = np.repeat([0, 1, 2, 3], 10)
-    out = rer.run_rer(
-        _labeled_data(X, y), embeddings_field="x", epochs=2,
+    out = _run(
+        _labeled_data(X, y),
+        embeddings_field="x",
+        epochs=2,
         difficulty_range="ViT-L-14",
     )
     assert out.results["difficulty_range"] == [0.76, 1.04]
@@ -530,16 +679,17 @@ def test_backbone_embeddings(digits_embedded):
     from fiftyone_hardness.dataset_io import data as fhdata
 
     data = fhdata.load_labeled_data(view, "ground_truth")
-    out = rer.run_rer(data, embeddings_field="embeddings")
+    out = _run(data, embeddings_field="embeddings")
     config = out.results["model_config"]
     assert config["input_dims"] == 1280 and config["feature_dims"] < 200
     assert _auroc(truth, out.fields["score"]) >= 0.95
     assert _f1(truth, out.fields["flag"]) >= 0.75
     assert abs(out.results["noise_rate"] - truth.mean()) <= 0.05
-    plain = rer.run_rer(data, embeddings_field="embeddings",
-                        pca_components=None)
-    assert (_auroc(truth, out.fields["score"])
-            >= _auroc(truth, plain.fields["score"]) + 0.03)
+    plain = _run(data, embeddings_field="embeddings", pca_components=None)
+    assert (
+        _auroc(truth, out.fields["score"])
+        >= _auroc(truth, plain.fields["score"]) + 0.03
+    )
 
 
 def test_operator(plugins_dir, digits):
@@ -549,8 +699,12 @@ def test_operator(plugins_dir, digits):
     assert uri in [op.uri for op in foo.list_operators()]
     view = digits.take(600, seed=1)
     result = foo.get_operator(uri)(
-        view, embeddings_field="pixels", run_key="op_rer", epochs=5,
-        unsupervised=False, pca_components="0.9",
+        view,
+        embeddings_field="pixels",
+        run_key="op_rer",
+        epochs=5,
+        unsupervised=False,
+        pca_components="0.9",
     )
     assert result.error is None, result.error
     assert len(digits.exists("op_rer_score")) == 600
@@ -559,3 +713,94 @@ def test_operator(plugins_dir, digits):
     assert loaded.model_config["pca_components"] == 0.9
     assert loaded.model_config["feature_dims"] < 64
     assert loaded.num_samples == 600
+
+
+#: invalid parameters, each refused alike by Python and by the App form
+INVALID_PARAMS = [
+    dict(epochs=0),
+    dict(epochs="abc"),
+    dict(fit_frac=0),
+    dict(fit_frac=1.5),
+    dict(pca_components=1.5),
+    dict(objective="x"),
+    dict(n_clusters=5, unsupervised=False),
+    dict(epoch=5),  # misspelled
+]
+
+
+def _form_errors(operator, dataset, params):
+    """The validation errors FiftyOne finds in the operator's form for
+    ``params``, as the App's executor computes them."""
+    from fiftyone.operators.executor import (
+        ExecutionContext,
+        ValidationContext,
+    )
+
+    ctx = ExecutionContext(
+        request_params=dict(dataset_name=dataset.name, params=params)
+    )
+    form = operator.resolve_input(ctx)
+    return [e.reason for e in ValidationContext(ctx, form, operator).errors]
+
+
+def test_python_and_app_refuse_the_same_values(plugins_dir, digits):
+    """Every invalid value raises a HardnessError from Python (both entry
+    points) and keeps the App from executing (the form marks it with the
+    same message), and neither writes anything; valid values give the same
+    stored config and scores from both paths."""
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionError
+
+    import fiftyone_hardness as foh
+
+    uri = "@fiftyone-hardness/hardness/compute_rer"
+    operator = foo.get_operator(uri)
+    schema = set(digits.get_field_schema())
+    common = dict(label_field="ground_truth", embeddings_field="pixels")
+    for bad in INVALID_PARAMS:
+        name = next(iter(bad))
+        with pytest.raises(HardnessError, match=name) as python:
+            digits.apply_hardness("rer", **common, **bad)
+        with pytest.raises(HardnessError, match=name):
+            foh.compute_rer(digits, **common, **bad)
+
+        params = dict(common, run_key="rer", **bad)
+        reasons = _form_errors(operator, digits, params)
+        if name == "epoch":
+            assert any("Unknown parameter epoch" in r for r in reasons)
+            assert "Unknown parameter epoch" in str(python.value)
+        else:
+            assert str(python.value) in reasons, (bad, reasons)
+        with pytest.raises(ExecutionError, match="Validation error"):
+            foo.execute_operator(uri, dict(view=digits.view(), params=params))
+
+        assert digits.list_runs() == [], bad
+        assert set(digits.get_field_schema()) == schema, bad
+
+    valid = dict(
+        objective="reconstruction",
+        epochs=2,
+        fit_frac=0.5,
+        pca_components=0.9,
+        difficulty_range="ViT-B-32",
+        estimate_probs=True,
+        seed=3,
+    )
+    digits.apply_hardness("rer", run_key="py", **common, **valid)
+    # the App's dropdown sends its choice of 0.9 encoded as a string
+    form = dict(common, run_key="app", **dict(valid, pca_components="0.9"))
+    assert _form_errors(operator, digits, form) == []
+    result = foo.execute_operator(uri, dict(view=digits.view(), params=form))
+    assert result.error is None, result.error
+
+    names = [p.name for p in RERConfig.parameters()]
+    stored = {
+        key: {n: getattr(digits.get_run_info(key).config, n) for n in names}
+        for key in ("py", "app")
+    }
+    expected = RERConfig.from_kwargs(
+        embeddings_field="pixels", **valid
+    ).to_dict()
+    assert stored["py"] == stored["app"] == expected
+    # same config, same seed: the same scores (deterministic on CPU)
+    assert digits.values("py_score") == digits.values("app_score")

@@ -4,6 +4,7 @@ defaults, their validation, the App form and the stored run config.
 
 Imports no torch, so that building a form stays cheap.
 """
+
 from dataclasses import dataclass
 
 from fiftyone_hardness.methods.config import MethodConfig, param
@@ -188,21 +189,31 @@ class RERConfig(MethodConfig):
     )
     n_components: int = param(10, "The code size", minimum=1, form=False)
     batch_size: int = param(
-        64, "Samples (or graph edges) per class per step", minimum=1,
+        64,
+        "Samples (or graph edges) per class per step",
+        minimum=1,
         form=False,
     )
     learning_rate: float = param(
-        1e-3, "Adam's learning rate", minimum=0, exclusive_minimum=True,
+        1e-3,
+        "Adam's learning rate",
+        minimum=0,
+        exclusive_minimum=True,
         form=False,
     )
-    l2: float = param(1e-6, "L2 penalty on the weights", minimum=0,
-                      form=False)
+    l2: float = param(1e-6, "L2 penalty on the weights", minimum=0, form=False)
     dropout: float = param(
-        0.01, "Dropout on the hidden layers during training", minimum=0,
-        maximum=1, exclusive_maximum=True, form=False,
+        0.01,
+        "Dropout on the hidden layers during training",
+        minimum=0,
+        maximum=1,
+        exclusive_maximum=True,
+        form=False,
     )
     n_neighbors: int = param(
-        40, "Neighbours of the fuzzy kNN graph ('umap')", minimum=2,
+        40,
+        "Neighbours of the fuzzy kNN graph ('umap')",
+        minimum=2,
         form=False,
     )
     negative_sample_rate: int = param(
@@ -212,15 +223,23 @@ class RERConfig(MethodConfig):
         20.0, "Weight of the MSE in 'umap'", minimum=0, form=False
     )
     min_dist: float = param(
-        0.1, "UMAP's min_dist (gives the curve's a, b)", minimum=0,
+        0.1,
+        "UMAP's min_dist (gives the curve's a, b)",
+        minimum=0,
         form=False,
     )
     spread: float = param(
-        1.0, "UMAP's spread (gives the curve's a, b)", minimum=0,
-        exclusive_minimum=True, form=False,
+        1.0,
+        "UMAP's spread (gives the curve's a, b)",
+        minimum=0,
+        exclusive_minimum=True,
+        form=False,
     )
     min_steps: int = param(
-        None, "At least this many optimizer steps", kind="int", minimum=1,
+        None,
+        "At least this many optimizer steps",
+        kind="int",
+        minimum=1,
         form=False,
     )
     class_chunk_size: int = param(
@@ -270,9 +289,11 @@ class RERConfig(MethodConfig):
         return None
 
     def model_options(self):
-        """The keyword arguments of
-        :func:`fiftyone_hardness.methods.rer.compute_rer` (everything but
-        where the features come from and the unsupervised mode)."""
+        """The options :func:`fiftyone_hardness.methods.rer.compute_rer`
+        reads, as a dict (everything but where the features come from and
+        the unsupervised mode, which are
+        :func:`~fiftyone_hardness.methods.rer.run_rer`'s): the start of the
+        ``model_config`` a run records."""
         options = self.to_dict()
         for name in ("embeddings_field", "unsupervised", "n_clusters"):
             options.pop(name)
