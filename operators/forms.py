@@ -75,7 +75,9 @@ def config_inputs(inputs, params, config_class, skip=(), hide=()):
         True when every value is valid; otherwise each invalid input shows
         its error and the form cannot be executed
     """
-    values = config_values(params, config_class)
+    # hidden parameters are neither sent nor validated: a value typed
+    # before its input was hidden must not block the form
+    values = config_values(params, config_class, skip=hide)
     for name in skip:
         if params.get(name) not in (None, ""):
             values[name] = params[name]
