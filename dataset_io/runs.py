@@ -8,6 +8,10 @@ Reading labelled data is :mod:`fiftyone_hardness.dataset_io.data`.
   :class:`HardnessRunResults`), so that ``dataset.load_run_results(key)``,
   ``dataset.rename_run(...)`` and ``dataset.delete_run(key)`` work from any
   Python process.
+- Each run's fields form one sidebar group in the App,
+  ``hardness: {run_key}`` (:func:`sidebar_group_name`), created when the
+  run is written and renamed or removed with the run; groups the user made
+  are never touched.
 - :meth:`HardnessRunResults.scores` is the run schema: one
   :class:`RunScore` per score of a run (its name, score and flag fields,
   noise-rate estimate, threshold, orientation), derived from the run key and
@@ -96,6 +100,7 @@ class HardnessRun(fors.Run):
         fields = [f for f in self.get_fields(samples, key) if f in existing]
         if fields:
             dataset.delete_sample_fields(fields)
+        _remove_sidebar_group(dataset, key)
 
     def rename(self, samples, key, new_key):
         """Renames the run's fields to those of ``new_key``, all or none.
@@ -111,6 +116,13 @@ class HardnessRun(fors.Run):
             return
         try:
             dataset.rename_sample_fields(mapping)
+            # FiftyOne renamed the paths in every sidebar group
+            _rename_sidebar_group(
+                dataset,
+                key,
+                new_key,
+                run_field_names(new_key, self.config.field_suffixes),
+            )
         except BaseException as e:
             undone = _undo_rename(dataset, mapping)
             raise RunRenameError(
@@ -665,6 +677,7 @@ def save_run(samples, run_key, method, params, data, output, overwrite=False):
         except BaseException:
             samples.delete_run(run_key)
             raise
+        _add_sidebar_group(dataset, run_key, run_results.fields)
     return run_results
 
 
@@ -727,6 +740,136 @@ def _check_field_clashes(samples, run_key, suffixes):
         raise HardnessError(
             "Fields %s already exist and do not belong to run '%s'; choose "
             "another run_key" % (", ".join(clashes), run_key)
+        )
+
+
+#: the sidebar groups FiftyOne makes by default; a run's new fields are
+#: taken out of them into the run's own group
+_DEFAULT_SIDEBAR_GROUPS = (
+    "tags",
+    "metadata",
+    "labels",
+    "frame labels",
+    "primitives",
+    "other",
+)
+
+#: runs with more fields than this get a collapsed sidebar group
+SIDEBAR_EXPANDED_MAX_FIELDS = 8
+
+
+def sidebar_group_name(run_key):
+    """Returns the name of the App sidebar group holding the fields of run
+    ``run_key``: ``hardness: {run_key}``."""
+    return "hardness: %s" % run_key
+
+
+def _sidebar_group(dataset, name):
+    for group in dataset.app_config.sidebar_groups or []:
+        if group.name == name:
+            return group
+    return None
+
+
+def _is_own_group(group, run_key, fields):
+    """Whether ``group`` is the one this package made for ``run_key``: it
+    has the run's group name and holds nothing but the run's fields (a
+    group of that name holding anything else is the user's)."""
+    return group.name == sidebar_group_name(run_key) and set(
+        group.paths
+    ) <= set(fields)
+
+
+def _add_sidebar_group(dataset, run_key, fields):
+    """Gathers the fields of run ``run_key`` into its own sidebar group, out
+    of FiftyOne's default groups; collapsed when the run has many fields.
+    When the dataset had FiftyOne's implicit default groups until now, the
+    other hardness runs get their group too. A group of the run's name that
+    the user made is left alone (the fields then stay where the App puts
+    them). Never fails the run: the group only arranges the App's
+    sidebar."""
+    try:
+        config = dataset.app_config
+        runs = {}
+        if config.sidebar_groups is None:
+            config.sidebar_groups = fo.DatasetAppConfig.default_sidebar_groups(
+                dataset
+            )
+            for key in list_hardness_runs(dataset):
+                if key != run_key:
+                    runs[key] = dataset.load_run_results(key).fields
+        runs[run_key] = fields
+        schema = dataset.get_field_schema()
+        for key, run_fields in runs.items():
+            _place_sidebar_group(
+                dataset, key, [f for f in run_fields if f in schema]
+            )
+        dataset.save()
+    except Exception as e:
+        logger.warning(
+            "Could not group the fields of run '%s' in the App's sidebar: %s",
+            run_key,
+            e,
+        )
+
+
+def _place_sidebar_group(dataset, run_key, fields):
+    if not fields:
+        return
+    config = dataset.app_config
+    name = sidebar_group_name(run_key)
+    group = _sidebar_group(dataset, name)
+    if group is not None and not _is_own_group(group, run_key, fields):
+        logger.info(
+            "Sidebar group '%s' holds other fields: left as it is", name
+        )
+        return
+    owned = set(fields)
+    for other in config.sidebar_groups:
+        if other.name in _DEFAULT_SIDEBAR_GROUPS:
+            other.paths = [p for p in other.paths if p not in owned]
+    if group is None:
+        group = fo.SidebarGroupDocument(name=name)
+        config.sidebar_groups.append(group)
+    group.paths = list(fields)
+    if len(fields) > SIDEBAR_EXPANDED_MAX_FIELDS:
+        group.expanded = False
+
+
+def _rename_sidebar_group(dataset, run_key, new_run_key, new_fields):
+    """Renames the sidebar group of ``run_key`` after its fields were
+    renamed to ``new_fields`` (FiftyOne renamed the paths in every group),
+    unless the user made it or the new name is taken."""
+    try:
+        group = _sidebar_group(dataset, sidebar_group_name(run_key))
+        new_name = sidebar_group_name(new_run_key)
+        if (
+            group is None
+            or not set(group.paths) <= set(new_fields)
+            or _sidebar_group(dataset, new_name) is not None
+        ):
+            return
+        group.name = new_name
+        dataset.save()
+    except Exception as e:
+        logger.warning(
+            "Could not rename the sidebar group of run '%s': %s", run_key, e
+        )
+
+
+def _remove_sidebar_group(dataset, run_key):
+    """Removes the sidebar group of ``run_key`` once its fields are
+    deleted (FiftyOne removed their paths), if it is empty: a group the
+    user added fields to stays."""
+    try:
+        group = _sidebar_group(dataset, sidebar_group_name(run_key))
+        if group is None or group.paths:
+            return
+        dataset.app_config.sidebar_groups.remove(group)
+        dataset.save()
+    except Exception as e:
+        logger.warning(
+            "Could not remove the sidebar group of run '%s': %s", run_key, e
         )
 
 

@@ -4,7 +4,8 @@ of the current view, score them with every method and write a report
 (best delegated: the default grid takes minutes).
 
 Thin: it parses the form and calls
-:func:`fiftyone_hardness.benchmarking.run_benchmark`.
+:func:`fiftyone_hardness.benchmarking.run_benchmark`; it ends with the
+ranking, and an error is shown in the App.
 """
 
 import logging
@@ -18,6 +19,7 @@ from fiftyone_hardness.operators.common import (
     label_field_input,
     multi_select_input,
     run_with_progress,
+    stream_to_app,
     vector_fields,
 )
 from fiftyone_hardness.operators.perturb import HARDNESS_CHOICES
@@ -94,8 +96,7 @@ class RunHardnessBenchmark(foo.Operator):
             multi_select_input(
                 inputs,
                 "types",
-                [(n, text) for n, _, text in HARDNESS_CHOICES
-                 if n != "human"],
+                [(n, text) for n, _, text in HARDNESS_CHOICES if n != "human"],
                 list(benchmark.DEFAULT_TYPES),
                 "Hardness types",
             )
@@ -106,10 +107,13 @@ class RunHardnessBenchmark(foo.Operator):
                 list(benchmark.DEFAULT_METHODS),
                 "Methods",
             )
-            inputs.str("props", default="0.1, 0.2", required=True,
-                       label="Fractions to perturb")
-            inputs.str("seeds", default="0, 1", required=True,
-                       label="Seeds")
+            inputs.str(
+                "props",
+                default="0.1, 0.2",
+                required=True,
+                label="Fractions to perturb",
+            )
+            inputs.str("seeds", default="0, 1", required=True, label="Seeds")
             error = path_error(ctx.params.get("output_dir"), REPORT_WHAT)
             inputs.str(
                 "output_dir",
@@ -131,14 +135,25 @@ class RunHardnessBenchmark(foo.Operator):
                 invalid=exists and not overwrite,
                 error_message="A run '%s' exists" % run_key,
             )
-            inputs.bool("overwrite", default=False,
-                        label="Replace an existing summary run")
+            inputs.bool(
+                "overwrite",
+                default=False,
+                label="Replace an existing summary run",
+            )
             inputs.int("workers", default=1, label="Worker processes")
         return types.Property(
             inputs, view=types.View(label="Hardness benchmark")
         )
 
     def execute(self, ctx):
+        return stream_to_app(
+            ctx,
+            self._steps(ctx),
+            output=_output,
+            title="Hardness: benchmark",
+        )
+
+    def _steps(self, ctx):
         from fiftyone_hardness.benchmarking import grid as benchmark
 
         params = _params(ctx.params)
@@ -152,14 +167,6 @@ class RunHardnessBenchmark(foo.Operator):
             "wall_time": summary["config"]["wall time"],
         }
 
-    def resolve_output(self, ctx):
-        outputs = types.Object()
-        outputs.str("report", label="Report")
-        outputs.str("ranking", label="Mean rank by AUROC",
-                    view=types.CodeView())
-        outputs.str("wall_time", label="Wall time")
-        return types.Property(outputs)
-
     def __call__(self, sample_collection, delegate=False, **params):
         """Runs the operator from Python, e.g.
         ``foo.get_operator(uri)(dataset, types=["uniform"], ...)``."""
@@ -170,6 +177,14 @@ class RunHardnessBenchmark(foo.Operator):
         )
 
 
+def _output(result):
+    outputs = types.Object()
+    outputs.str("report", label="Report")
+    outputs.str("ranking", label="Mean rank by AUROC", view=types.CodeView())
+    outputs.str("wall_time", label="Wall time")
+    return types.Property(outputs, view=types.View(label="Benchmark: done"))
+
+
 def _params(p):
     from fiftyone_hardness.benchmarking import grid as benchmark
 
@@ -178,10 +193,14 @@ def _params(p):
     return dict(
         types=list(p.get("types") or benchmark.DEFAULT_TYPES),
         methods=list(p.get("methods") or benchmark.DEFAULT_METHODS),
-        props=props if isinstance(props, list)
-        else _numbers(props, float, "props"),
-        seeds=seeds if isinstance(seeds, list)
-        else _numbers(seeds, int, "seeds"),
+        props=(
+            props
+            if isinstance(props, list)
+            else _numbers(props, float, "props")
+        ),
+        seeds=(
+            seeds if isinstance(seeds, list) else _numbers(seeds, int, "seeds")
+        ),
         label_field=p.get("label_field") or "ground_truth",
         embeddings_field=p.get("embeddings_field") or "embeddings",
         output_dir=(

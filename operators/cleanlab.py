@@ -18,17 +18,13 @@ import logging
 import fiftyone.operators.types as types
 
 from fiftyone_hardness.operators.common import (
-    EMBEDDING_MODEL_PARAMS,
     HardnessOperator,
     classification_fields,
     dropdown_input,
     embeddings_input,
     vector_fields,
 )
-from fiftyone_hardness.operators.forms import (
-    blocking_error,
-    refuse_unknown_params,
-)
+from fiftyone_hardness.operators.forms import blocking_error
 
 logger = logging.getLogger(__name__)
 
@@ -37,15 +33,6 @@ SOURCES = [
     ("embeddings", "Probe on an embeddings field (out-of-sample)"),
     ("predictions", "Existing predictions (logits or probabilities)"),
 ]
-
-#: form inputs that are not parameters of the method
-OPERATOR_PARAMS = (
-    "label_field",
-    "run_key",
-    "overwrite",
-    "source",
-    "compute_embeddings_first",
-) + EMBEDDING_MODEL_PARAMS
 
 
 def prediction_fields(view, label_field=None):
@@ -76,6 +63,7 @@ class ComputeCleanlab(HardnessOperator):
         "predictions with logits or a cross-validated probe on embeddings"
     )
     source_fields = ("pred_field", "embeddings_field")
+    operator_params = ("source",)
 
     def source_inputs(self, ctx, inputs):
         radio = types.RadioGroup()
@@ -106,13 +94,6 @@ class ComputeCleanlab(HardnessOperator):
 
     def embeddings_first(self, ctx):
         return not uses_predictions(ctx) and super().embeddings_first(ctx)
-
-    def resolve_input(self, ctx):
-        form = super().resolve_input(ctx)
-        refuse_unknown_params(
-            form.type, ctx.params, self.config_class, OPERATOR_PARAMS
-        )
-        return form
 
 
 def _predictions_input(ctx, inputs):

@@ -1,12 +1,15 @@
 """
-Shared pieces of the App operators: form inputs (label field, embeddings
-field, run key), progress reporting for immediate and delegated execution,
-and :class:`HardnessOperator`, the base of every method's operator.
+Shared pieces of the App operators: form inputs (label field, the samples to
+process, embeddings field, run key), progress reporting for immediate and
+delegated execution, the stream that carries a generator operator's result
+and errors to the App, and :class:`HardnessOperator`, the base of every
+method's operator.
 
 Operators stay thin: they parse the form and call
 :func:`fiftyone_hardness.api.apply_hardness` /
 :func:`fiftyone_hardness.api.compute_embeddings`.
 """
+
 import logging
 import queue
 import threading
@@ -14,12 +17,17 @@ import threading
 import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
+from fiftyone.operators.constants import ViewTarget
+from fiftyone.operators.message import GeneratedMessage
 
 from fiftyone_hardness.methods.embeddings import EmbeddingsConfig
-from fiftyone_hardness.operators.forms import config_inputs, config_values
+from fiftyone_hardness.operators.forms import (
+    config_inputs,
+    config_values,
+    refuse_unknown_params,
+)
 
 logger = logging.getLogger(__name__)
-
 
 
 def classification_fields(view):
@@ -56,21 +64,43 @@ def dropdown_input(
 ):
     """Adds a dropdown of ``choices``, a list of ``(value, text)`` pairs."""
     view = _choices_view(choices)
-    inputs.enum(name, view.values(), default=default, required=required,
-                label=label, description=description, view=view)
+    inputs.enum(
+        name,
+        view.values(),
+        default=default,
+        required=required,
+        label=label,
+        description=description,
+        view=view,
+    )
 
 
-def multi_select_input(inputs, name, choices, default, label,
-                       description=None):
+def multi_select_input(
+    inputs, name, choices, default, label, description=None
+):
     """Adds a multi-select list of ``choices`` (``(value, text)`` pairs)."""
-    inputs.list(name, types.String(), default=default, required=True,
-                label=label, description=description,
-                view=_choices_view(choices, multiple=True))
+    inputs.list(
+        name,
+        types.String(),
+        default=default,
+        required=True,
+        label=label,
+        description=description,
+        view=_choices_view(choices, multiple=True),
+    )
 
 
-def label_field_input(ctx, inputs):
-    """Adds a dropdown of Classification fields. Returns False (after adding
-    an error notice) when the view has none."""
+#: what the label field of a hardness method is for: methods only read it
+SCORED_LABELS_HELP = (
+    "The fo.Classification labels to score; a hardness run only reads "
+    "them and writes its own {run_key}_* fields"
+)
+
+
+def label_field_input(ctx, inputs, description=SCORED_LABELS_HELP):
+    """Adds a dropdown of Classification fields described by
+    ``description``. Returns the chosen field, or None (after adding an
+    error notice) when the view has none."""
     fields = classification_fields(ctx.view)
     if not fields:
         inputs.view(
@@ -83,7 +113,7 @@ def label_field_input(ctx, inputs):
                 ),
             ),
         )
-        return False
+        return None
     choices = types.DropdownView()
     for name in fields:
         choices.add_choice(name, label=name)
@@ -94,10 +124,99 @@ def label_field_input(ctx, inputs):
         default=default,
         required=True,
         label="Label field",
-        description="The fo.Classification labels to score (never modified)",
+        description=description,
         view=choices,
     )
-    return True
+    chosen = ctx.params.get("label_field")
+    return chosen if chosen in fields else default
+
+
+#: how :func:`target_input` names each target in its notice
+_TARGET_WORDS = {
+    ViewTarget.DATASET: "the whole dataset",
+    ViewTarget.CURRENT_VIEW: "the current view",
+    ViewTarget.SELECTED_SAMPLES: "the selected samples",
+    ViewTarget.BASE_VIEW: "the base view",
+}
+
+
+def _count(n):
+    return "{:,}".format(n)
+
+
+def plural(n, word, plural_word=None):
+    """Returns e.g. "1 sample", "1,797 samples"."""
+    return "%s %s" % (
+        _count(n),
+        word if n == 1 else plural_word or word + "s",
+    )
+
+
+def target_input(ctx, inputs, label_field=None, verb="Scores"):
+    """Adds the choice of the samples to process, as FiftyOne's own brain
+    operators offer it (``inputs.view_target``: the dataset, the current
+    view or the selected samples, each described with its count; hidden
+    when the dataset is the only choice), and a notice saying how many
+    samples the operator will process (with how many carry a label in
+    ``label_field``, and of how many classes).
+
+    The default is the current view when the App has one, else the
+    dataset (never the selection: methods that learn from the labels need
+    more than a few samples), which is also what ``ctx.target_view()``
+    resolves for a Python caller that does not choose.
+
+    Returns:
+        the target view (``ctx.target_view()``)
+    """
+    num_dataset = ctx.dataset.count()
+    num_view = ctx.view.count() if ctx.has_custom_view else num_dataset
+    num_selected = len(ctx.selected or [])
+    inputs.view_target(
+        ctx,
+        default_target=(
+            ViewTarget.CURRENT_VIEW
+            if ctx.has_custom_view
+            else ViewTarget.DATASET
+        ),
+        dataset_description="All %s of the dataset"
+        % plural(num_dataset, "sample"),
+        current_view_description="The %s of the current view"
+        % plural(num_view, "sample"),
+        selected_samples_description="The %s"
+        % plural(num_selected, "selected sample"),
+    )
+    target = ctx.target_view()
+    inputs.view(
+        "target_summary",
+        types.Notice(label=describe_target(ctx, target, label_field, verb)),
+    )
+    return target
+
+
+def describe_target(ctx, target, label_field=None, verb="Scores"):
+    """Returns the sentence :func:`target_input` shows, e.g. "Scores 1,797
+    samples (the whole dataset); 1,797 have a 'ground_truth' label, of 10
+    classes"."""
+    chosen = ctx.request_params.get("view_target") or (
+        ViewTarget.CURRENT_VIEW if ctx.has_custom_view else ViewTarget.DATASET
+    )
+    total = target.count()
+    sentence = "%s %s (%s)" % (
+        verb,
+        plural(total, "sample"),
+        _TARGET_WORDS.get(chosen, "the chosen samples"),
+    )
+    if label_field and total:
+        counts = target.count_values(label_field + ".label")
+        labelled = sum(n for label, n in counts.items() if label is not None)
+        classes = sum(1 for label in counts if label is not None)
+        sentence += "; %s %s a '%s' label, of %s" % (
+            _count(labelled),
+            "has" if labelled == 1 else "have",
+            label_field,
+            plural(classes, "class", "classes"),
+        )
+    return sentence
 
 
 def embeddings_input(ctx, inputs, required=True):
@@ -229,22 +348,228 @@ def run_with_progress(ctx, function, **kwargs):
     return outcome["result"]
 
 
+class _StreamLine(GeneratedMessage):
+    """One line of a generator operator's stream to the App, written as the
+    App reads it."""
+
+    def __init__(self, line):
+        super().__init__()
+        self.line = line
+
+    def to_json(self):
+        return self.line
+
+
+def error_line(message):
+    """The stream line that marks the operation as failed in the App (as a
+    non-generator operator's error does): the App then keeps the
+    operator's prompt open, showing "Error occurred during operator
+    execution" with ``message`` as its details."""
+    return _StreamLine(
+        {
+            "type": "ERROR",
+            "cls": None,
+            "body": None,
+            "error": message,
+            "error_message": message,
+        }
+    )
+
+
+def error_text(error):
+    """The message an execution error shows in the App: a
+    :class:`~fiftyone_hardness.methods.base.HardnessError` already names
+    the problem and the fix; anything else is prefixed with its type."""
+    from fiftyone_hardness.methods.base import HardnessError
+
+    if isinstance(error, HardnessError):
+        return str(error)
+    return "%s: %s" % (type(error).__name__, error)
+
+
+def error_output(title, message):
+    """The output an operation that failed shows: ``title`` and the
+    message, as an error."""
+    outputs = types.Object()
+    outputs.view("error", types.Error(label=title, description=message))
+    return types.Property(outputs, view=types.View(label=title))
+
+
+def stream_to_app(ctx, steps, output=None, title="The operation"):
+    """Runs ``steps``, the generator of a generator operator's work, for
+    the App, and makes its end visible there:
+
+    -   its messages (progress, triggers) are passed on;
+    -   the last dict it yields, its result, is shown with ``output(result)``
+        (a ``types.Property``) through FiftyOne's ``show_output``, in the
+        dialog that showed the progress;
+    -   an exception is shown in that dialog too, as an error notification
+        with its message, and as the failed state of the operator's prompt;
+        it is then re-raised, so that Python callers of the operator and
+        delegated runs fail as before.
+
+    Without this, FiftyOne's generator stream drops the result, and an
+    exception only ends the stream: the App closes the prompt as if the
+    operation had succeeded, and the error is only in the server log.
+
+    Args:
+        ctx: the execution context
+        steps: a generator yielding messages, then its result dict
+        output (None): a function of the result returning the output
+            property to show, or None to show nothing
+        title ("The operation"): what failed, e.g. the operator's label
+    """
+    result = None
+    try:
+        for item in steps:
+            if isinstance(item, GeneratedMessage):
+                yield item
+            else:
+                result = item
+    except Exception as e:
+        if not ctx.delegated:
+            message = error_text(e)
+            failed = "%s failed" % title
+            yield ctx.ops.show_output(
+                error_output(failed, message).to_json(), {}
+            )
+            yield ctx.ops.notify(message, variant="error")
+            yield error_line(message)
+        raise
+    if result is not None and output is not None and not ctx.delegated:
+        yield ctx.ops.show_output(output(result).to_json(), result)
+
+
+def run_summary(results):
+    """Returns the short summary of a run that an operator ends with: what
+    was scored, flagged and the noise-rate estimate of its default score
+    (the main one, else the first), with a sentence saying it.
+
+    Args:
+        results: a
+            :class:`~fiftyone_hardness.dataset_io.runs.HardnessRunResults`
+
+    Returns:
+        a JSON-able dict: ``run_key``, ``method``, ``score`` (its name),
+        ``num_scores``, ``num_scored``, ``num_skipped``, ``num_flagged``
+        (None when the score has no flags), ``noise_rate`` (None when the
+        method has no estimate) and ``message``
+    """
+    scores = results.scores()
+    score = scores[0] if scores else None
+    scored = int(results.num_samples or 0)
+    flagged = getattr(results, "num_flagged", None)
+    noise_rate = getattr(results, "noise_rate", None)
+    if score is not None:
+        if score.flag_field is None:
+            flagged = None
+        elif score.num_flagged is not None:
+            flagged = score.num_flagged
+        noise_rate = score.noise_rate
+    parts = ["Scored %s" % plural(scored, "sample")]
+    if flagged is not None:
+        parts.append(
+            "flagged %s (%.1f%%)"
+            % (_count(flagged), 100.0 * flagged / scored if scored else 0.0)
+        )
+    if noise_rate is not None:
+        parts.append("estimated noise rate %.3f" % noise_rate)
+    message = ", ".join(parts)
+    if len(scores) > 1:
+        message += " by '%s', the first of its %d scores" % (
+            score.name,
+            len(scores),
+        )
+    skipped = int(getattr(results, "num_skipped", 0) or 0)
+    if skipped:
+        message += "; %s without a label skipped" % plural(skipped, "sample")
+    return {
+        "run_key": results.key,
+        "method": results.method,
+        "score": score.name if score is not None else None,
+        "num_scores": len(scores),
+        "num_scored": scored,
+        "num_skipped": skipped,
+        "num_flagged": None if flagged is None else int(flagged),
+        "noise_rate": None if noise_rate is None else round(noise_rate, 3),
+        "message": message + ".",
+    }
+
+
+def summary_output(summary, plugin_name, title="Done"):
+    """The output that shows a run's :func:`run_summary`: the sentence,
+    the figures, and a button that shows the flagged samples, hardest
+    first (the plugin's ``load_hardness_view`` operator), or all scored
+    samples when the score has no flags."""
+    outputs = types.Object()
+    outputs.str("message", label="Summary", view=types.MarkdownView())
+    outputs.int("num_scored", label="Samples scored")
+    flagged = summary.get("num_flagged")
+    if flagged is not None:
+        outputs.int("num_flagged", label="Flagged")
+    if summary.get("noise_rate") is not None:
+        outputs.float("noise_rate", label="Estimated noise rate")
+    params = {
+        "run_key": summary.get("run_key"),
+        "which": "flagged" if flagged else "all",
+    }
+    if summary.get("num_scores", 1) > 1 and summary.get("score"):
+        params["score"] = summary["score"]
+    outputs.view(
+        "open_view",
+        types.Button(
+            label=(
+                "Show the %s flagged samples, hardest first" % _count(flagged)
+                if flagged
+                else "Show the scored samples, hardest first"
+            ),
+            operator="%s/load_hardness_view" % plugin_name,
+            params=params,
+        ),
+    )
+    return types.Property(outputs, view=types.View(label=title))
+
+
+#: form inputs of every :class:`HardnessOperator` that are not parameters
+#: of its method
+BASE_OPERATOR_PARAMS = (
+    "label_field",
+    "run_key",
+    "overwrite",
+    "compute_embeddings_first",
+) + EMBEDDING_MODEL_PARAMS
+
+
 class HardnessOperator(foo.Operator):
     """Base of the operators that run one hardness method.
 
     The form is built from the method's config dataclass (the registry's
     ``config``): one input per parameter, with the same validation as
-    Python. Subclasses set :attr:`method`, :attr:`label` and
-    :attr:`description`, and may override :meth:`source_inputs` (inputs the
-    operator renders itself, e.g. where the features come from; return
-    False when the form cannot be completed), :meth:`hidden` (parameters
-    that do not apply to the current choices) and :meth:`source_params`.
+    Python. It also offers which samples to score (the dataset, the current
+    view or the selection, with their counts), and refuses names that are
+    neither a parameter of the method nor an input of the form (a
+    misspelled parameter from a Python caller would otherwise be dropped;
+    Python's ``apply_hardness`` refuses it too). Execution ends with the
+    run's summary and a button that shows its flagged samples; an error is
+    shown in the App (see :func:`stream_to_app`).
+
+    Subclasses set :attr:`method`, :attr:`label` and :attr:`description`,
+    and may override :meth:`source_inputs` (inputs the operator renders
+    itself, e.g. where the features come from; return False when the form
+    cannot be completed), :meth:`hidden` (parameters that do not apply to
+    the current choices), :meth:`source_params` and
+    :attr:`operator_params`.
     """
 
     method = None
     label = None
     description = None
     needs_embeddings = True
+
+    #: the operator's own form inputs that are not parameters of its method
+    #: (beyond :data:`BASE_OPERATOR_PARAMS`), e.g. a radio that chooses
+    #: where the features come from
+    operator_params = ()
 
     @property
     def config(self):
@@ -294,10 +619,16 @@ class HardnessOperator(foo.Operator):
             and not ctx.params.get("embeddings_field")
         )
 
+    def known_params(self):
+        """The form inputs that are not parameters of the method."""
+        return BASE_OPERATOR_PARAMS + tuple(self.operator_params)
+
     def resolve_input(self, ctx):
         inputs = types.Object()
-        ready = label_field_input(ctx, inputs)
+        label_field = label_field_input(ctx, inputs)
+        ready = label_field is not None
         if ready:
+            target_input(ctx, inputs, label_field)
             ready = self.source_inputs(ctx, inputs) is not False
         if ready:
             # validated with the source's values, e.g. the field that
@@ -310,6 +641,9 @@ class HardnessOperator(foo.Operator):
                 hide=self.hidden(ctx),
             )
             run_key_input(ctx, inputs, default=self.method)
+        refuse_unknown_params(
+            inputs, ctx.params, self.config_class, self.known_params()
+        )
         return types.Property(inputs, view=types.View(label=self.label))
 
     def method_params(self, ctx):
@@ -323,6 +657,16 @@ class HardnessOperator(foo.Operator):
         return params
 
     def execute(self, ctx):
+        return stream_to_app(
+            ctx,
+            self._steps(ctx),
+            output=lambda summary: summary_output(
+                summary, self.plugin_name, title="%s: done" % self.label
+            ),
+            title=self.label,
+        )
+
+    def _steps(self, ctx):
         from fiftyone_hardness import api
 
         params = self.method_params(ctx)
@@ -333,14 +677,14 @@ class HardnessOperator(foo.Operator):
                 samples=ctx.target_view(),
                 embeddings_field=params["embeddings_field"],
                 skip_existing=True,
-                **embedding_model_params(ctx)
+                **embedding_model_params(ctx),
             )
         yield from self.run_method(ctx, params)
 
     def run_method(self, ctx, params):
         """Runs ``apply_hardness`` with the form's label field, run key and
         overwrite plus ``params``, with progress; reloads the App and yields
-        the run's summary. A generator."""
+        the run's summary (:func:`run_summary`). A generator."""
         from fiftyone_hardness import api
 
         results = yield from run_with_progress(
@@ -348,18 +692,21 @@ class HardnessOperator(foo.Operator):
             api.apply_hardness,
             samples=ctx.target_view(),
             method=self.method,
-            label_field=ctx.params["label_field"],
+            label_field=ctx.params.get("label_field") or "ground_truth",
             run_key=ctx.params.get("run_key") or self.method,
             overwrite=bool(ctx.params.get("overwrite", False)),
-            **params
+            **params,
         )
         if not ctx.delegated:
             yield ctx.trigger("reload_dataset")
-        yield {"summary": results.summary(), "run_key": results.key}
+        yield run_summary(results)
 
     def __call__(
-        self, sample_collection, label_field="ground_truth",
-        delegate=False, **params
+        self,
+        sample_collection,
+        label_field="ground_truth",
+        delegate=False,
+        **params,
     ):
         """Runs the operator from Python, e.g.
         ``foo.get_operator(uri)(dataset, embeddings_field="emb")``."""

@@ -1,9 +1,11 @@
 """
-The ``compute_embeddings`` operator: image embeddings for the current view.
+The ``compute_embeddings`` operator: image embeddings for the dataset, the
+current view or the selected samples.
 
 Thin: its form comes from
 :class:`fiftyone_hardness.methods.embeddings.EmbeddingsConfig` and it calls
-:func:`fiftyone_hardness.api.compute_embeddings`.
+:func:`fiftyone_hardness.api.compute_embeddings`; it ends with a summary
+(embedded, skipped, failed), and an error is shown in the App.
 """
 
 import logging
@@ -15,7 +17,11 @@ from fiftyone_hardness.methods.embeddings import (
     OFFLINE_BACKBONE,
     EmbeddingsConfig,
 )
-from fiftyone_hardness.operators.common import run_with_progress
+from fiftyone_hardness.operators.common import (
+    run_with_progress,
+    stream_to_app,
+    target_input,
+)
 from fiftyone_hardness.operators.forms import (
     blocking_error,
     config_inputs,
@@ -66,6 +72,57 @@ def _params(ctx):
     return {k: v for k, v in _form_values(ctx).items() if k not in hidden}
 
 
+#: the failed samples the output lists
+MAX_FAILED_SHOWN = 20
+
+
+def embedding_summary(result, field):
+    """The summary :class:`ComputeEmbeddings` ends with, from the result of
+    :func:`fiftyone_hardness.api.compute_embeddings`."""
+    failed = result.get("failed") or {}
+    parts = ["Embedded %d samples into '%s'" % (result["num_embedded"], field)]
+    if result.get("num_skipped"):
+        parts.append("skipped %d that already had one" % result["num_skipped"])
+    if failed:
+        parts.append(
+            "%d failed (unreadable images; they have no embedding)"
+            % len(failed)
+        )
+    return {
+        "message": ", ".join(parts) + ".",
+        "embeddings_field": field,
+        "num_embedded": result["num_embedded"],
+        "num_skipped": result["num_skipped"],
+        "num_failed": len(failed),
+        "failed": [
+            {"id": i, "error": str(e)}
+            for i, e in list(failed.items())[:MAX_FAILED_SHOWN]
+        ],
+    }
+
+
+def embedding_output(summary):
+    """The output that shows an :func:`embedding_summary`."""
+    outputs = types.Object()
+    outputs.str("message", label="Summary", view=types.MarkdownView())
+    outputs.int("num_embedded", label="Samples embedded")
+    outputs.int("num_skipped", label="Skipped (already had one)")
+    outputs.int("num_failed", label="Failed (unreadable images)")
+    if summary.get("failed"):
+        table = types.TableView()
+        table.add_column("id", label="Sample")
+        table.add_column("error", label="Error")
+        outputs.list(
+            "failed",
+            types.Object(),
+            label="Failed samples (the first %d)" % MAX_FAILED_SHOWN,
+            view=table,
+        )
+    return types.Property(
+        outputs, view=types.View(label="Hardness: compute embeddings: done")
+    )
+
+
 class ComputeEmbeddings(foo.Operator):
     @property
     def config(self):
@@ -92,6 +149,7 @@ class ComputeEmbeddings(foo.Operator):
                 "view holds '%s'" % ctx.view.media_type,
             )
             return types.Property(inputs)
+        target_input(ctx, inputs, verb="Embeds")
         config_inputs(
             inputs, _form_values(ctx), EmbeddingsConfig, hide=_hidden(ctx)
         )
@@ -102,21 +160,28 @@ class ComputeEmbeddings(foo.Operator):
         )
 
     def execute(self, ctx):
+        return stream_to_app(
+            ctx,
+            self._steps(ctx),
+            output=embedding_output,
+            title="Hardness: compute embeddings",
+        )
+
+    def _steps(self, ctx):
         from fiftyone_hardness import api
 
+        params = _params(ctx)
         result = yield from run_with_progress(
             ctx,
             api.compute_embeddings,
             samples=ctx.target_view(),
-            **_params(ctx),
+            **params,
         )
         if not ctx.delegated:
             yield ctx.trigger("reload_dataset")
-        yield {
-            "num_embedded": result["num_embedded"],
-            "num_skipped": result["num_skipped"],
-            "failed": result["failed"],
-        }
+        yield embedding_summary(
+            result, params.get("embeddings_field") or "embeddings"
+        )
 
     def __call__(self, sample_collection, delegate=False, **params):
         """Runs the operator from Python, e.g.

@@ -10,19 +10,9 @@ through :class:`fiftyone_hardness.operators.common.HardnessOperator`.
 """
 
 from fiftyone_hardness.operators.common import (
-    EMBEDDING_MODEL_PARAMS,
     HardnessOperator,
     embeddings_input,
 )
-from fiftyone_hardness.operators.forms import refuse_unknown_params
-
-#: form inputs that are not parameters of the method
-OPERATOR_PARAMS = (
-    "label_field",
-    "run_key",
-    "overwrite",
-    "compute_embeddings_first",
-) + EMBEDDING_MODEL_PARAMS
 
 
 class ComputeDynamics(HardnessOperator):
@@ -56,11 +46,3 @@ class ComputeDynamics(HardnessOperator):
 
     def hidden(self, ctx):
         return () if self._on_images(ctx) else ("image_size",)
-
-    def resolve_input(self, ctx):
-        form = super().resolve_input(ctx)
-        # a Python caller's misspelled parameter would otherwise be dropped
-        refuse_unknown_params(
-            form.type, ctx.params, self.config_class, OPERATOR_PARAMS
-        )
-        return form

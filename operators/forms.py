@@ -75,9 +75,9 @@ def config_inputs(inputs, params, config_class, skip=(), hide=()):
         True when every value is valid; otherwise each invalid input shows
         its error and the form cannot be executed
     """
-    # hidden parameters are neither sent nor validated: a value typed
-    # before its input was hidden must not block the form
-    values = config_values(params, config_class, skip=hide)
+    # hidden parameters are validated too: the App refuses exactly what
+    # Python refuses (e.g. n_clusters without unsupervised)
+    values = config_values(params, config_class)
     for name in skip:
         if params.get(name) not in (None, ""):
             values[name] = params[name]

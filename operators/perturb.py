@@ -4,7 +4,8 @@ with known hardness injected (label noise, image shifts, atypical vectors),
 for benchmarking hardness methods on your own data.
 
 Thin: it parses the form and calls
-:func:`fiftyone_hardness.benchmarking.injection.inject_hardness`.
+:func:`fiftyone_hardness.benchmarking.injection.inject_hardness`; it ends
+with a summary, and an error is shown in the App.
 """
 
 import logging
@@ -20,6 +21,8 @@ from fiftyone_hardness.operators.common import (
     dropdown_input,
     label_field_input,
     run_with_progress,
+    stream_to_app,
+    target_input,
     vector_fields,
 )
 
@@ -72,6 +75,7 @@ class InjectHardness(foo.Operator):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
+        target_input(ctx, inputs, verb="Clones")
         choices = types.DropdownView()
         for name, _, text in HARDNESS_CHOICES:
             choices.add_choice(name, label=text)
@@ -110,6 +114,14 @@ class InjectHardness(foo.Operator):
         )
 
     def execute(self, ctx):
+        return stream_to_app(
+            ctx,
+            self._steps(ctx),
+            output=_output,
+            title="Hardness: inject known hardness",
+        )
+
+    def _steps(self, ctx):
         from fiftyone_hardness.benchmarking import injection as perturb
 
         params = _params(ctx)
@@ -120,17 +132,13 @@ class InjectHardness(foo.Operator):
         if ctx.params.get("open_dataset", True) and not ctx.delegated:
             yield ctx.trigger("open_dataset", dict(dataset=dataset.name))
         yield {
+            "message": "Created dataset '%s': %s of its %s samples perturbed "
+            "(marked in 'hardness_truth')"
+            % (dataset.name, info.get("num_changed"), info.get("num_samples")),
             "dataset": dataset.name,
             "num_samples": info.get("num_samples"),
             "num_changed": info.get("num_changed"),
         }
-
-    def resolve_output(self, ctx):
-        outputs = types.Object()
-        outputs.str("dataset", label="New dataset")
-        outputs.int("num_samples", label="Samples")
-        outputs.int("num_changed", label="Perturbed (hardness_truth)")
-        return types.Property(outputs)
 
     def __call__(
         self, sample_collection, hardness="uniform", delegate=False, **params
@@ -144,6 +152,17 @@ class InjectHardness(foo.Operator):
             dict(view=sample_collection.view(), params=params),
             request_delegation=delegate,
         )
+
+
+def _output(result):
+    outputs = types.Object()
+    outputs.str("message", label="Summary", view=types.MarkdownView())
+    outputs.str("dataset", label="New dataset")
+    outputs.int("num_samples", label="Samples")
+    outputs.int("num_changed", label="Perturbed (hardness_truth)")
+    return types.Property(
+        outputs, view=types.View(label="Inject known hardness: done")
+    )
 
 
 def _error(inputs, name, label, description):

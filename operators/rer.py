@@ -10,19 +10,7 @@ Thin: its form comes from
 refuses exactly the values Python refuses.
 """
 
-from fiftyone_hardness.operators.common import (
-    EMBEDDING_MODEL_PARAMS,
-    HardnessOperator,
-)
-from fiftyone_hardness.operators.forms import refuse_unknown_params
-
-#: form inputs that are not parameters of the method
-OPERATOR_PARAMS = (
-    "label_field",
-    "run_key",
-    "overwrite",
-    "compute_embeddings_first",
-) + EMBEDDING_MODEL_PARAMS
+from fiftyone_hardness.operators.common import HardnessOperator
 
 
 class ComputeRER(HardnessOperator):
@@ -39,12 +27,3 @@ class ComputeRER(HardnessOperator):
     def hidden(self, ctx):
         # the number of clusters only means something without labels
         return () if ctx.params.get("unsupervised") else ("n_clusters",)
-
-    def resolve_input(self, ctx):
-        form = super().resolve_input(ctx)
-        # a misspelled parameter from a Python caller would otherwise be
-        # dropped silently; Python's apply_hardness refuses it too
-        refuse_unknown_params(
-            form.type, ctx.params, self.config_class, OPERATOR_PARAMS
-        )
-        return form

@@ -3,8 +3,13 @@ Review operators: mark labels as wrong (with the correct class) or right,
 apply the reviewed corrections (into a new field, or in place with a backup)
 and undo them, and show a suspicious sample next to its counter-examples.
 
-The work is done by :mod:`fiftyone_hardness.dataset_io.counterexamples`; these operators parse
-the form and pick the samples (the open sample, else the selected ones).
+The work is done by :mod:`fiftyone_hardness.dataset_io.review` and
+:mod:`fiftyone_hardness.dataset_io.counterexamples`; these operators parse
+the form, pick the samples (the open sample, else the selected ones) and
+confirm what they did with a notification. Each form says exactly what it
+changes: reviewing records verdicts beside the labels, applying writes a new
+field or the label field itself (keeping the originals), undoing restores
+them.
 """
 
 import logging
@@ -18,6 +23,7 @@ from fiftyone_hardness.methods.counterexamples import CounterexamplesConfig
 from fiftyone_hardness.operators.common import (
     dropdown_input,
     label_field_input,
+    plural,
     vector_fields,
 )
 from fiftyone_hardness.operators.forms import (
@@ -60,6 +66,32 @@ def _no_samples(inputs, what):
     )
 
 
+def _notify(ctx, message):
+    ctx.ops.notify(message, variant="success")
+
+
+#: what each operator does to the label field, shown at the field
+REVIEW_LABELS_HELP = (
+    "The labels to review. Your verdict is stored beside them, in "
+    "'<field>_reviewed'; the labels themselves are not changed until you "
+    "apply the corrections"
+)
+APPLY_LABELS_HELP = (
+    "The reviewed labels. 'Into a new label field' leaves them unchanged; "
+    "'into this field' replaces the label of every sample reviewed as "
+    "wrong, after copying the original into '<field>_original' (undo "
+    "restores it)"
+)
+UNDO_LABELS_HELP = (
+    "The label field whose in-place corrections to undo: every corrected "
+    "sample gets its original label back from '<field>_original'"
+)
+COUNTEREXAMPLE_LABELS_HELP = (
+    "The labels the last layer is fit on and the candidates are chosen "
+    "by; only read"
+)
+
+
 def _reviewer(ctx):
     return ctx.params.get("reviewer") or ctx.user_id or None
 
@@ -82,9 +114,9 @@ class ReviewLabel(foo.Operator):
         if not ids:
             _no_samples(inputs, "review")
             return types.Property(inputs)
-        if not label_field_input(ctx, inputs):
+        label_field = label_field_input(ctx, inputs, REVIEW_LABELS_HELP)
+        if label_field is None:
             return types.Property(inputs)
-        label_field = ctx.params.get("label_field") or "ground_truth"
         verdicts = types.RadioGroup()
         verdicts.add_choice("wrong", label="Label is wrong")
         verdicts.add_choice("right", label="Label is right")
@@ -129,7 +161,19 @@ class ReviewLabel(foo.Operator):
                 note=ctx.params.get("note") or None,
             )
         ctx.ops.reload_dataset()
+        _notify(ctx, _review_message(verdict, count, ctx.params))
         return {"num_reviewed": count}
+
+
+def _review_message(verdict, count, params):
+    if verdict == "clear":
+        return "Cleared the review of %s" % plural(count, "sample")
+    if verdict == "right":
+        return "Marked %s as right" % plural(count, "label")
+    return "Marked %s as wrong (correct class: %s)" % (
+        plural(count, "label"),
+        params.get("correct_label"),
+    )
 
 
 class ApplyLabelCorrections(foo.Operator):
@@ -145,9 +189,9 @@ class ApplyLabelCorrections(foo.Operator):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        if not label_field_input(ctx, inputs):
+        label_field = label_field_input(ctx, inputs, APPLY_LABELS_HELP)
+        if label_field is None:
             return types.Property(inputs)
-        label_field = ctx.params.get("label_field") or "ground_truth"
         summary = review.review_summary(ctx.dataset, label_field)
         inputs.view(
             "summary",
@@ -163,11 +207,19 @@ class ApplyLabelCorrections(foo.Operator):
             ),
         )
         modes = types.RadioGroup()
-        modes.add_choice("new_field", label="Into a new label field")
+        modes.add_choice(
+            "new_field",
+            label="Into a new label field",
+            description="A copy of '%s' with the corrections; '%s' itself "
+            "is not changed" % (label_field, label_field),
+        )
         modes.add_choice(
             "in_place",
-            label="Into '%s' (originals kept in '%s', undoable)"
-            % (label_field, review.backup_field(label_field)),
+            label="Into '%s'" % label_field,
+            description="Replaces the label of each sample reviewed as "
+            "wrong; its original label is first copied into '%s', and "
+            "'Hardness: undo applied corrections' restores it"
+            % review.backup_field(label_field),
         )
         inputs.enum(
             "mode",
@@ -198,6 +250,17 @@ class ApplyLabelCorrections(foo.Operator):
             ctx.dataset, label_field=label_field, target_field=target
         )
         ctx.ops.reload_dataset()
+        message = "Corrected %s in '%s'" % (
+            plural(result["num_corrected"], "label"),
+            result["field"],
+        )
+        if result.get("backup_field"):
+            message += " (originals in '%s')" % result["backup_field"]
+        if result.get("num_stale"):
+            message += "; skipped %d whose label changed since the review" % (
+                result["num_stale"]
+            )
+        _notify(ctx, message)
         return result
 
 
@@ -214,9 +277,9 @@ class UndoLabelCorrections(foo.Operator):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        if not label_field_input(ctx, inputs):
+        label_field = label_field_input(ctx, inputs, UNDO_LABELS_HELP)
+        if label_field is None:
             return types.Property(inputs)
-        label_field = ctx.params.get("label_field") or "ground_truth"
         backup = review.backup_field(label_field)
         count = (
             len(ctx.dataset.exists(backup))
@@ -227,7 +290,8 @@ class UndoLabelCorrections(foo.Operator):
             "summary",
             types.Notice(
                 label="%d samples of '%s' hold corrections; their original "
-                "labels will be restored" % (count, label_field)
+                "labels will be restored from '%s' (samples edited since "
+                "are left alone)" % (count, label_field, backup)
             ),
         )
         return types.Property(
@@ -238,6 +302,13 @@ class UndoLabelCorrections(foo.Operator):
         label_field = ctx.params.get("label_field") or "ground_truth"
         result = review.undo_corrections(ctx.dataset, label_field)
         ctx.ops.reload_dataset()
+        message = "Restored %s of '%s'" % (
+            plural(result["num_restored"], "original label"),
+            label_field,
+        )
+        if result.get("num_edited"):
+            message += "; left alone %d edited since" % result["num_edited"]
+        _notify(ctx, message)
         return result
 
 
@@ -267,7 +338,7 @@ class FindCounterexamples(foo.Operator):
                 % len(ids),
             )
             return types.Property(inputs)
-        if not label_field_input(ctx, inputs):
+        if label_field_input(ctx, inputs, COUNTEREXAMPLE_LABELS_HELP) is None:
             return types.Property(inputs)
         fields = vector_fields(ctx.dataset)
         if not fields:
@@ -337,34 +408,157 @@ class FindCounterexamples(foo.Operator):
         if len(ids) != 1:
             raise HardnessError("Open or select exactly one sample")
         label_field = ctx.params.get("label_field") or "ground_truth"
+        params = self._params(ctx)
         result = api.find_counterexamples(
-            ctx.dataset, ids[0], label_field, **self._params(ctx)
+            ctx.dataset, ids[0], label_field, **params
         )
         view = result.pop("view")
         ctx.ops.set_view(view)
-        labels = dict(zip(*view.values(["id", label_field + ".label"])))
-        result["counterexamples"] = [
-            {"id": i, "label": labels.get(i), "score": round(s, 4)}
-            for i, s in zip(result["counterexample_ids"], result["scores"])
-        ]
-        return result
+        # the sample leads the grid and opens in the sample view, whose
+        # arrows then step through its counter-examples in order (a
+        # selection would not do: setting the view clears it)
+        ctx.ops.open_sample(ids[0])
+        return counterexample_output(
+            result,
+            view,
+            label_field,
+            chosen_target=params.get("target_label") is not None,
+        )
 
     def resolve_output(self, ctx):
         outputs = types.Object()
-        outputs.str("label", label="Sample's label")
+        outputs.str(
+            "explanation", label="Why these", view=types.MarkdownView()
+        )
+        outputs.str("label", label="This sample's label")
         outputs.str("predicted", label="Model's prediction")
-        outputs.float("probability", label="Model's probability of the label")
+        outputs.float(
+            "probability", label="Model's probability of this sample's label"
+        )
         outputs.str("target_label", label="Candidates labelled")
         outputs.int("num_candidates", label="Candidates")
         table = types.TableView()
-        table.add_column("label", label="Label")
-        table.add_column("score", label="Incompatibility")
+        table.add_column("rank", label="#")
         table.add_column("id", label="Sample")
+        table.add_column("label", label="Label")
+        table.add_column("incompatibility", label="Incompatibility")
+        table.add_column("relative", label="vs. the first")
         outputs.list(
-            "counterexamples",
+            "samples",
             types.Object(),
-            label="Counter-examples, most incompatible first (shown after "
-            "the sample in the grid)",
+            label="This sample, then its counter-examples, most "
+            "incompatible first (the grid shows them in this order)",
             view=table,
         )
-        return types.Property(outputs)
+        return types.Property(
+            outputs, view=types.View(label="Counter-examples")
+        )
+
+
+def _significant(value, digits=3):
+    """``value`` rounded to ``digits`` significant digits (incompatibility
+    scores span orders of magnitude: 422479.93 -> 422000.0)."""
+    return float("%.*g" % (digits, value))
+
+
+def counterexample_output(result, view, label_field, chosen_target=False):
+    """The readable output of :class:`FindCounterexamples`: rounded
+    figures, a sentence saying why the candidates have their class, and one
+    row per sample shown (the sample first, marked, then its
+    counter-examples with their labels).
+
+    Args:
+        result: the dict of
+            :func:`fiftyone_hardness.api.find_counterexamples` (without its
+            view)
+        view: the view it returned (the sample, then its counter-examples)
+        label_field: the label field
+        chosen_target (False): whether the user chose the candidates' class
+
+    Returns:
+        a JSON-able dict: ``sample_id``, ``label``, ``predicted``,
+        ``probability``, ``target_label``, ``num_candidates``,
+        ``explanation``, ``samples`` (the table rows) and
+        ``counterexamples`` (``id``, ``label``, ``score`` of each)
+    """
+    labels = dict(zip(*view.values(["id", label_field + ".label"])))
+    ids, scores = result["counterexample_ids"], list(result["scores"])
+    top = max(scores) if scores else None
+    rows = [
+        {
+            "rank": "this sample (open)",
+            "id": result["sample_id"],
+            "label": result["label"],
+            "incompatibility": None,
+            "relative": None,
+        }
+    ]
+    counterexamples = []
+    for rank, (sample_id, score) in enumerate(zip(ids, scores), 1):
+        score = float(score)
+        rows.append(
+            {
+                "rank": str(rank),
+                "id": sample_id,
+                "label": labels.get(sample_id),
+                "incompatibility": _significant(score),
+                "relative": round(score / top, 2) if top else None,
+            }
+        )
+        counterexamples.append(
+            {
+                "id": sample_id,
+                "label": labels.get(sample_id),
+                "score": _significant(score),
+            }
+        )
+    return {
+        "sample_id": result["sample_id"],
+        "label": result["label"],
+        "predicted": result["predicted"],
+        "probability": round(float(result["probability"]), 3),
+        "target_label": result["target_label"],
+        "num_candidates": result["num_candidates"],
+        "explanation": explain_counterexamples(result, chosen_target),
+        "samples": rows,
+        "counterexamples": counterexamples,
+    }
+
+
+def explain_counterexamples(result, chosen_target=False):
+    """Says why the candidates have their class and how to read the
+    counter-examples."""
+    label, predicted = result["label"], result["predicted"]
+    target = result["target_label"]
+    probability = float(result["probability"])
+    if chosen_target:
+        why = (
+            "Candidates are the samples labelled **%s**, the class you "
+            "chose." % target
+        )
+    elif predicted != label:
+        why = (
+            "The model predicts **%s** for this sample, labelled **%s** "
+            "(probability of its label: %.3f). Candidates are the samples "
+            "labelled **%s**, the class the model predicts for this sample."
+            % (predicted, label, probability, target)
+        )
+    else:
+        why = (
+            "The model agrees with this sample's label **%s** (probability "
+            "%.3f). Candidates are the samples labelled **%s**, the class "
+            "the model finds most probable after it."
+            % (label, probability, target)
+        )
+    if not result["counterexample_ids"]:
+        return (
+            why + " No sample has that label: there is no " "counter-example."
+        )
+    return why + (
+        " The counter-examples are the candidates that most contradict the "
+        "label **%s** of this sample: if their labels are right, this "
+        "sample's label is likely wrong; if this sample's label is right, "
+        "theirs are likely wrong. This sample is open in the sample view "
+        "and first in the grid; the arrows step through its "
+        "counter-examples, most incompatible first." % label
+    )

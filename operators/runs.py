@@ -17,6 +17,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from fiftyone_hardness.dataset_io import run_views
+from fiftyone_hardness.operators.common import plural
 from fiftyone_hardness.methods.base import HardnessError
 from fiftyone_hardness.dataset_io.runs import (
     RunRenameError,
@@ -28,10 +29,11 @@ logger = logging.getLogger(__name__)
 
 
 def run_key_input(ctx, inputs, label="Hardness run"):
-    """Adds a dropdown of the dataset's hardness runs. Returns the chosen key,
-    or None (after adding an error notice) when there is no run."""
-    keys = list_hardness_runs(ctx.dataset)
-    if not keys:
+    """Adds a dropdown of the dataset's hardness runs, newest first (the
+    default). Returns the chosen key, or None (after adding an error
+    notice) when there is no run."""
+    runs = run_views.runs_newest_first(ctx.dataset)
+    if not runs:
         inputs.view(
             "no_runs",
             types.Error(
@@ -42,18 +44,23 @@ def run_key_input(ctx, inputs, label="Hardness run"):
         )
         return None
     choices = types.DropdownView()
-    for key in keys:
-        choices.add_choice(key, label=key)
+    for run in runs:
+        choices.add_choice(
+            run["key"],
+            label=run["key"],
+            description="%s, %s" % (run["method"], run["timestamp"][:16]),
+        )
+    keys = [run["key"] for run in runs]
     inputs.enum(
         "run_key",
         choices.values(),
-        default=keys[-1],
+        default=keys[0],
         required=True,
         label=label,
         view=choices,
     )
     key = ctx.params.get("run_key")
-    return key if key in keys else keys[-1]
+    return key if key in keys else keys[0]
 
 
 def describe_runs(dataset):
@@ -174,6 +181,14 @@ class LoadHardnessView(foo.Operator):
             flagged=ctx.params.get("which", "flagged") == "flagged",
         )
         ctx.ops.set_view(view)
+        flagged = ctx.params.get("which", "flagged") == "flagged"
+        ctx.ops.notify(
+            "Showing %s of run '%s', hardest first"
+            % (
+                plural(len(view), "flagged sample" if flagged else "sample"),
+                ctx.params["run_key"],
+            )
+        )
         return {"num_samples": len(view)}
 
 
@@ -228,6 +243,10 @@ class RenameHardnessRun(foo.Operator):
             # a field appeared since the check: nothing was renamed
             raise HardnessError(str(e)) from None
         ctx.ops.reload_dataset()
+        ctx.ops.notify(
+            "Renamed run '%s' to '%s', with its fields" % (old, new),
+            variant="success",
+        )
         return {"run_key": new}
 
 
@@ -271,4 +290,7 @@ class DeleteHardnessRun(foo.Operator):
             raise HardnessError("No hardness run '%s'" % key)
         ctx.dataset.delete_run(key)
         ctx.ops.reload_dataset()
+        ctx.ops.notify(
+            "Deleted run '%s' and its fields" % key, variant="success"
+        )
         return {"deleted": key}
