@@ -12,6 +12,7 @@ plugin is installed the FiftyOne way (copied into a plugins directory, not
 pip-installed), FiftyOne imports this file under another name; the lines
 below then make this directory importable as ``fiftyone_hardness`` first.
 """
+
 import importlib.util as _importlib_util
 import os as _os
 import sys as _sys

@@ -16,6 +16,7 @@ layer (:mod:`fiftyone_hardness.dataset_io`) reads the labelled data, the
 method (:mod:`fiftyone_hardness.methods`) computes on arrays, and the
 FiftyOne layer writes the fields and registers the run.
 """
+
 import inspect
 import logging
 
@@ -26,6 +27,7 @@ from fiftyone_hardness.dataset_io import data as fhdata
 from fiftyone_hardness.dataset_io import embeddings as fhemb
 from fiftyone_hardness.dataset_io import runs as fhruns
 from fiftyone_hardness.dataset_io.progress import progress_callback
+from fiftyone_hardness.dataset_io.run_views import data_labels_digest
 from fiftyone_hardness.methods import registry
 from fiftyone_hardness.methods.base import HardnessError  # noqa: F401
 from fiftyone_hardness.methods.counterexamples import CounterexamplesConfig
@@ -50,7 +52,7 @@ def apply_hardness(
     run_key=None,
     overwrite=False,
     progress=None,
-    **kwargs
+    **kwargs,
 ):
     """Computes a hardness method on a collection and stores it as a run.
 
@@ -89,10 +91,17 @@ def apply_hardness(
     with progress_callback(progress, method) as report:
         data = fhdata.load_labeled_data(samples, label_field, progress=report)
         output = registry.run_method(method, data, config)
+        # what the labels were, so that the App can tell when they change
+        output.results.setdefault("labels_digest", data_labels_digest(data))
         report(1.0, "writing fields")
         params = config.to_dict() if hasattr(config, "to_dict") else config
         return fhruns.save_run(
-            samples, run_key, method, params, data, output,
+            samples,
+            run_key,
+            method,
+            params,
+            data,
+            output,
             overwrite=overwrite,
         )
 
@@ -126,7 +135,9 @@ def compute_embeddings(samples, progress=None, **kwargs):
             unknown model, or a field that holds embeddings from another
             model
     """
-    config = EmbeddingsConfig.from_kwargs(method="compute_embeddings", **kwargs)
+    config = EmbeddingsConfig.from_kwargs(
+        method="compute_embeddings", **kwargs
+    )
     with progress_callback(progress, "embedding") as report:
         return fhemb.compute_embeddings(samples, config, report)
 
@@ -173,7 +184,7 @@ def _method_entry_point(method, summary):
         run_key=method,
         overwrite=False,
         progress=None,
-        **kwargs
+        **kwargs,
     ):
         return apply_hardness(
             samples,
@@ -182,7 +193,7 @@ def _method_entry_point(method, summary):
             run_key=run_key,
             overwrite=overwrite,
             progress=progress,
-            **kwargs
+            **kwargs,
         )
 
     entry_point.__name__ = entry_point.__qualname__ = "compute_" + method
@@ -212,8 +223,7 @@ def _entry_point_doc(method, summary, config_class):
         "Args:",
         "    samples: a :class:`fiftyone.core.collections.SampleCollection`",
         '    label_field ("ground_truth"): the ``fo.Classification`` field',
-        "    run_key (%r): the run key; fields are ``{run_key}_...``"
-        % method,
+        "    run_key (%r): the run key; fields are ``{run_key}_...``" % method,
         "    overwrite (False): replace an existing run with this key",
         "    progress (None): True/False, None (FiftyOne's default) or a",
         "        callable ``(fraction, message)``",

@@ -9,6 +9,7 @@ Fields:
 - ``mislabeled`` (bool): whether ``ground_truth`` differs from the original
 - ``pixels`` (vector): the 64 raw pixel values scaled to [0, 1]
 """
+
 import logging
 import os
 
@@ -128,13 +129,20 @@ def main(name="hardness-digits"):
     from fiftyone_hardness.methods import registry
     from sklearn.metrics import roc_auc_score
 
-    print("Building '%s': 1797 digit images, 20%% symmetric label noise" % name)
+    print(
+        "Building '%s': 1797 digit images, 20%% symmetric label noise" % name
+    )
     dataset = load_digits_dataset(name=name, noise_rate=0.2, overwrite=True)
     truth = np.asarray(dataset.values("mislabeled"), dtype=bool)
-    print("  %d labels were corrupted on purpose (field 'mislabeled')" % truth.sum())
+    print(
+        "  %d labels were corrupted on purpose (field 'mislabeled')"
+        % truth.sum()
+    )
 
     print("Computing offline efficientnet_lite0 embeddings ('embeddings')")
-    foh.compute_embeddings(dataset, embeddings_field="embeddings", image_size=64)
+    foh.compute_embeddings(
+        dataset, embeddings_field="embeddings", image_size=64
+    )
 
     available = registry.list_methods()
     for method, run_key, params in DEMO_RUNS:
@@ -152,12 +160,10 @@ def main(name="hardness-digits"):
                 )
 
     print(
-        "\nOpen it in the App:\n  .venv/bin/python -c \"import fiftyone as fo; "
+        '\nOpen it in the App:\n  .venv/bin/python -c "import fiftyone as fo; '
         "s = fo.launch_app(fo.load_dataset('%s')); s.wait()\"" % name
     )
-    print(
-        "then sort by a *_score field, or open the Hardness panel from '+'."
-    )
+    print("then sort by a *_score field, or open the Hardness panel from '+'.")
 
 
 if __name__ == "__main__":

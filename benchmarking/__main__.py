@@ -1,4 +1,5 @@
 """``python -m fiftyone_hardness.benchmarking``: the quality grid."""
+
 from fiftyone_hardness.benchmarking.grid import main
 
 if __name__ == "__main__":

@@ -112,7 +112,9 @@ def evaluate_run(samples, run_key, truth_field=TRUTH_FIELD, ks=DEFAULT_KS):
         runs, ``m`` for the method ``m`` of a ``dynamics`` run) to its
         figures (see
         :func:`fiftyone_hardness.benchmarking.metrics.evaluate_scores`) plus
-        ``run_key``, ``method``, ``score_field`` and ``flag_field``
+        ``run_key``, ``method``, ``score_field`` and ``flag_field``; the main
+        score of a run that reports a ``noise_rate_interval`` also gets it
+        and ``noise_rate_covered`` (whether it holds the true rate)
 
     Raises:
         HardnessError: unknown run key, not a hardness run, no score, no
@@ -134,6 +136,8 @@ def evaluate_run(samples, run_key, truth_field=TRUTH_FIELD, ks=DEFAULT_KS):
         figures = evaluation.evaluate_scores(
             truth, values, flags=flags, noise_rate=score.noise_rate, ks=ks
         )
+        if score.main:
+            figures.update(_interval_figures(results, figures))
         figures.update(
             run_key=run_key,
             method=results.method,
@@ -142,6 +146,20 @@ def evaluate_run(samples, run_key, truth_field=TRUTH_FIELD, ks=DEFAULT_KS):
         )
         out[score.name] = figures
     return out
+
+
+def _interval_figures(results, figures):
+    """Whether a run's noise-rate interval (``noise_rate_interval`` in its
+    results, e.g. the consensus's) covers the true rate."""
+    interval = getattr(results, "noise_rate_interval", None)
+    if not interval or len(interval) != 2 or None in interval:
+        return {}
+    low, high = float(interval[0]), float(interval[1])
+    truth = figures["noise_rate_true"]
+    return {
+        "noise_rate_interval": [low, high],
+        "noise_rate_covered": bool(low <= truth <= high),
+    }
 
 
 def _load_hardness_results(samples, run_key):

@@ -26,9 +26,15 @@ From Python::
 
 Method names are registry methods (``rer``, ``cleanlab``, ``dynamics``,
 ``aum``, ...) plus ``cleanlab_knn`` (cleanlab on the k-NN vote) and
-``consensus`` (the rank average of all other runs on the clone). A
-``dynamics`` run contributes each of its 13 methods; its ``cleanlab`` is
-reported as ``cleanlab_dynamics``.
+``consensus`` (the calibrated consensus of all other runs on the clone:
+members weighed on known noise injected into a copy of the clone's labels,
+see ``docs/methods.md`` section 7), ``consensus_agreement`` (weighed from
+the members' agreement, no injection) and ``consensus_equal`` (the plain
+rank average with majority flags). A ``dynamics`` run contributes each of
+its 13 methods; its ``cleanlab`` is reported as ``cleanlab_dynamics``.
+
+Mislabeling types run at ``label_props`` (the command line's default:
+0.05-0.4, :data:`DEFAULT_LABEL_PROPS`), the others at ``props``.
 
 Embeddings of perturbed images are recomputed on each clone with the model
 recorded on the embeddings field (only the perturbed samples: the clone
@@ -79,12 +85,34 @@ DEFAULT_TYPES = (
     "crop_shift",
 )
 DEFAULT_PROPS = (0.1, 0.2)
+#: the rates of the mislabeling types on the command line: structured noise
+#: (pair, adjacent, asymmetric) and the others at several rates, over the
+#: range the noise-rate estimate is judged on
+DEFAULT_LABEL_PROPS = (0.05, 0.1, 0.2, 0.3, 0.4)
 DEFAULT_SEEDS = (0, 1)
-DEFAULT_METHODS = ("rer", "cleanlab", "cleanlab_knn", "dynamics", "consensus")
+DEFAULT_METHODS = (
+    "rer",
+    "cleanlab",
+    "cleanlab_knn",
+    "dynamics",
+    "consensus",
+    "consensus_agreement",
+    "consensus_equal",
+)
 DEFAULT_RUN_KEY = "hardness_benchmark"
 
 #: method names that are a registry method with fixed options
-VARIANTS = {"cleanlab_knn": ("cleanlab", {"probs": "knn"})}
+VARIANTS = {
+    "cleanlab_knn": ("cleanlab", {"probs": "knn"}),
+    "consensus_agreement": ("consensus", {"weighting": "agreement"}),
+    "consensus_equal": (
+        "consensus",
+        {"weighting": "equal", "rule": "majority"},
+    ),
+}
+
+#: every run of the other methods is a member of the consensus runs
+CONSENSUS = "consensus"
 
 _IMAGE_TYPES = set(fhp.IMAGE_TYPES)
 
@@ -134,13 +162,14 @@ def check_grid(
     for rate in props:
         if not 0 < float(rate) < 1:
             raise HardnessError("Rates must be in (0, 1); got %r" % (rate,))
+    if not props:
+        raise HardnessError("Give at least one rate")
     if not seeds:
         raise HardnessError("Give at least one seed")
     if not methods:
         raise HardnessError("Give at least one method")
     for name in methods:
-        if name != "consensus":
-            _method_spec(name)
+        _method_spec(name)
     if len(samples) == 0:
         raise HardnessError("The collection is empty")
     fhdata.validate_label_field(samples, label_field)
@@ -271,13 +300,16 @@ def _embed_perturbed(source, clone, embeddings_field):
     )
 
 
+def _is_consensus(name):
+    return _method_spec(name)[0] == CONSENSUS
+
+
 def _score_clone(clone, methods, label_field, embeddings_field):
     """Runs every method on the clone (run key = method name), the
-    consensus of the others last. Returns ``{run_key: seconds}``."""
+    consensus runs of the others last. Returns ``{run_key: seconds}``."""
     seconds = {}
-    for name in methods:
-        if name == "consensus":
-            continue
+    members = [m for m in methods if not _is_consensus(m)]
+    for name in members:
         method, options = _method_spec(name)
         start = time.perf_counter()
         api.apply_hardness(
@@ -290,18 +322,21 @@ def _score_clone(clone, methods, label_field, embeddings_field):
             **options,
         )
         seconds[name] = time.perf_counter() - start
-    if "consensus" in methods:
-        members = [m for m in methods if m != "consensus"]
+    for name in methods:
+        if not _is_consensus(name) or not members:
+            continue
+        _, options = _method_spec(name)
         start = time.perf_counter()
         api.apply_hardness(
             clone,
-            "consensus",
+            CONSENSUS,
             label_field=label_field,
-            run_key="consensus",
+            run_key=name,
             runs=members,
             progress=_quiet,
+            **options,
         )
-        seconds["consensus"] = time.perf_counter() - start
+        seconds[name] = time.perf_counter() - start
     return seconds
 
 
@@ -322,6 +357,8 @@ def _collect(clone, evaluated, seconds, setting):
             record.update(
                 method=label, run_key=run_key, seconds=seconds[run_key]
             )
+            if _is_consensus(run_key):
+                record.update(_consensus_extras(clone, run_key))
             records.append(record)
             values = clone.values(f["score_field"])
             scores[label] = {
@@ -330,6 +367,20 @@ def _collect(clone, evaluated, seconds, setting):
                 if v is not None
             }
     return records, scores
+
+
+def _consensus_extras(clone, run_key):
+    """What a consensus record adds: the weighting that ran, the calibration
+    time and the members' weights."""
+    results = clone.load_run_results(run_key)
+    calibration = getattr(results, "calibration", None) or {}
+    return {
+        "consensus": True,
+        "weighting": getattr(results, "weighting", None),
+        "calibration_seconds": calibration.get("seconds"),
+        "rerun": sorted(calibration.get("rerun") or {}),
+        "weights": dict(getattr(results, "weights", None) or {}),
+    }
 
 
 def _score_label(run_key, score_name, evaluated):
@@ -363,6 +414,7 @@ def run_benchmark(
     overwrite=False,
     workers=1,
     progress=None,
+    label_props=None,
 ):
     """Runs the benchmark grid and reports it.
 
@@ -385,6 +437,9 @@ def run_benchmark(
         progress (None): ``True``/``False`` to show/hide a progress bar,
             None for FiftyOne's default, or a callable
             ``(fraction, message)``
+        label_props (None): injected fractions of the mislabeling types;
+            None for ``props`` (the command line passes
+            :data:`DEFAULT_LABEL_PROPS`)
 
     Returns:
         the summary dict of
@@ -392,11 +447,14 @@ def run_benchmark(
         with ``records`` and ``config`` added
     """
     types, props, seeds = list(types), [float(p) for p in props], list(seeds)
+    label_props = (
+        props if label_props is None else [float(p) for p in label_props]
+    )
     methods = list(methods)
     check_grid(
         samples,
         types,
-        props,
+        sorted(set(props) | set(label_props)),
         seeds,
         methods,
         label_field,
@@ -406,7 +464,12 @@ def run_benchmark(
     )
 
     start = time.perf_counter()
-    settings = [(t, p, s) for t in types for p in props for s in seeds]
+    settings = [
+        (t, p, s)
+        for t in types
+        for p in (label_props if _is_label_type(t) else props)
+        for s in seeds
+    ]
     with progress_callback(progress, "benchmark") as report:
         with _source_dataset(samples) as source:
             pred_probs = None
@@ -429,7 +492,7 @@ def run_benchmark(
         label_field,
         embeddings_field,
         types,
-        props,
+        (props, label_props),
         seeds,
         methods,
         settings,
@@ -535,12 +598,16 @@ def _run_in_processes(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _is_label_type(hardness):
+    return benchmark_report.FAMILIES.get(hardness) == "mislabeling"
+
+
 def _grid_config(
     samples,
     label_field,
     embeddings_field,
     types,
-    props,
+    rates,
     seeds,
     methods,
     settings,
@@ -554,7 +621,8 @@ def _grid_config(
         "label field": label_field,
         "features": _describe_features(samples, embeddings_field),
         "hardness types": types,
-        "rates": props,
+        "rates": rates[0],
+        "mislabeling rates": rates[1],
         "seeds": seeds,
         "methods": methods,
         "settings": len(settings),
@@ -654,6 +722,7 @@ def main(argv=None):
             types=args.types,
             props=args.props,
             seeds=args.seeds,
+            label_props=args.label_props,
             methods=args.methods,
             label_field=args.label_field,
             embeddings_field=args.embeddings_field,
@@ -684,7 +753,18 @@ def _parser():
     parser.add_argument("--embeddings-field", default="embeddings")
     parser.add_argument("--types", nargs="+", default=list(DEFAULT_TYPES))
     parser.add_argument(
-        "--props", nargs="+", type=float, default=list(DEFAULT_PROPS)
+        "--props",
+        nargs="+",
+        type=float,
+        default=list(DEFAULT_PROPS),
+        help="rates of the image and atypical types",
+    )
+    parser.add_argument(
+        "--label-props",
+        nargs="+",
+        type=float,
+        default=list(DEFAULT_LABEL_PROPS),
+        help="rates of the mislabeling types",
     )
     parser.add_argument(
         "--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS)

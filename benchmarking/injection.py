@@ -651,9 +651,7 @@ def _inject_images(
         # a clone keeps its source's sample ids: the clone's own id makes
         # the names unique, so re-running an injection (overwrite=True)
         # never meets the files of the clone it replaces
-        dst = os.path.join(
-            output_dir, "%s-%s.png" % (clone._doc.id, ids[i])
-        )
+        dst = os.path.join(output_dir, "%s-%s.png" % (clone._doc.id, ids[i]))
         replacement = replacements[j]
         if isinstance(replacement, str):
             replacement = _read_image(replacement)

@@ -178,6 +178,9 @@ def summarize_grid(records, scores=None):
         "noise_rate_abs_error": {m: v for m, v in errors.items() if v},
         "seconds": {m: seconds[(m,)]["mean"] for m in methods},
     }
+    consensus = consensus_summary(records)
+    if consensus:
+        out["consensus"] = consensus
     if scores:
         stab = stability_table(scores)
         out["stability"] = {
@@ -185,6 +188,163 @@ def summarize_grid(records, scores=None):
             for m in methods
         }
     return out
+
+
+#: where the defaults of the calibrated consensus and of its noise-rate
+#: estimate were chosen (``speed/consensus_calibration.py``), and so which
+#: settings of a grid only evaluate them
+DEFAULTS_CHOSEN_ON = {
+    "features": "digits, efficientnet_lite0 embeddings (64 px)",
+    "noise": "uniform",
+    "rates": [0.05, 0.1, 0.2, 0.3, 0.4],
+    "seeds": [100, 101],
+    "script": "speed/consensus_calibration.py",
+}
+
+#: the consensus's goal margin for the noise-rate estimate
+NOISE_RATE_GOAL = 0.03
+
+
+def consensus_summary(records):
+    """How each consensus run of a grid compares with its members.
+
+    A consensus record (``consensus: True``) is compared, setting by
+    setting, with the records of the same setting that are not consensus
+    runs (its members): per mislabeling type, its mean AUROC and F1 against
+    the best member's (the member with the best mean in that column), and
+    how many settings it won; per type and rate, its noise-rate estimate
+    against the truth (error, interval coverage); and the time of its
+    calibration against the members' run times.
+
+    Returns:
+        a dict with ``columns`` (type -> consensus -> figures), ``noise``
+        (consensus -> type -> rate -> figures), ``cost`` and ``weighting``
+        (consensus -> weighting that ran -> count); empty without consensus
+        records
+    """
+    consensus = [r for r in records if r.get("consensus")]
+    if not consensus:
+        return {}
+    members = [r for r in records if not r.get("consensus")]
+    labels = [
+        r for r in records if FAMILIES.get(r["hardness"]) == "mislabeling"
+    ]
+    names = _ordered(r["method"] for r in consensus)
+    types = _ordered(r["hardness"] for r in labels)
+    weighting = collections.defaultdict(collections.Counter)
+    for r in consensus:
+        weighting[r["method"]][str(r.get("weighting"))] += 1
+    return {
+        "columns": {
+            t: {
+                name: _versus_best_member(records, name, t, members)
+                for name in names
+            }
+            for t in types
+        },
+        "noise": {
+            name: _noise_by_rate([r for r in labels if r["method"] == name])
+            for name in names
+        },
+        "cost": _calibration_cost(consensus, members),
+        "weighting": {k: dict(v) for k, v in weighting.items()},
+    }
+
+
+def _versus_best_member(records, name, hardness, members):
+    """One consensus in one column: its mean AUROC / F1, the best
+    member's, and the settings it won."""
+    mine = [
+        r for r in records if r["method"] == name and r["hardness"] == hardness
+    ]
+    column = [r for r in members if r["hardness"] == hardness]
+    out = {"settings": len(mine)}
+    for metric in ("auroc", "f1"):
+        table = mean_table(column, metric, by=("method",))
+        means = {
+            m[0]: v["mean"] for m, v in table.items() if v["mean"] is not None
+        }
+        value = evaluation.summarize(mine, keys=[metric])[metric]["mean"]
+        best = max(means, key=means.get) if means else None
+        out[metric] = value
+        out["best_" + metric] = [best, means.get(best)]
+        out["wins_" + metric] = _setting_wins(mine, column, metric)
+    return out
+
+
+def _setting_wins(mine, column, metric):
+    """In how many settings the consensus beat every member."""
+    best = collections.defaultdict(lambda: -np.inf)
+    for r in column:
+        if r.get(metric) is not None:
+            key = (r["rate"], r["seed"])
+            best[key] = max(best[key], r[metric])
+    return int(
+        sum(
+            1
+            for r in mine
+            if r.get(metric) is not None
+            and r[metric] > best[(r["rate"], r["seed"])]
+        )
+    )
+
+
+def _noise_by_rate(records):
+    """``{type: {rate: figures}}`` of a noise-rate estimate: mean estimate
+    and truth, mean and largest absolute error, the fraction of settings
+    within :data:`NOISE_RATE_GOAL` and covered by the interval."""
+    groups = collections.defaultdict(list)
+    for r in records:
+        if r.get("noise_rate_estimate") is not None:
+            groups[(r["hardness"], r["rate"])].append(r)
+    out = collections.defaultdict(dict)
+    for (hardness, rate), rs in groups.items():
+        errors = [r["noise_rate_abs_error"] for r in rs]
+        covered = [
+            r["noise_rate_covered"]
+            for r in rs
+            if r.get("noise_rate_covered") is not None
+        ]
+        out[hardness][str(rate)] = {
+            "estimate": float(np.mean([r["noise_rate_estimate"] for r in rs])),
+            "truth": float(np.mean([r["noise_rate_true"] for r in rs])),
+            "abs_error": float(np.mean(errors)),
+            "max_abs_error": float(np.max(errors)),
+            "within_goal": float(
+                np.mean([e <= NOISE_RATE_GOAL for e in errors])
+            ),
+            "covered": float(np.mean(covered)) if covered else None,
+            "n": len(rs),
+        }
+    return dict(out)
+
+
+def _calibration_cost(consensus, members):
+    """Mean calibration time of the calibrated consensus runs against the
+    members' mean run times (a run's time once per setting)."""
+    calibration = [
+        r["calibration_seconds"]
+        for r in consensus
+        if r.get("calibration_seconds") is not None
+    ]
+    runs = collections.defaultdict(dict)
+    for r in members:
+        runs[r["run_key"]][(r["hardness"], r["rate"], r["seed"])] = r[
+            "seconds"
+        ]
+    run_seconds = {
+        k: float(np.mean(list(v.values()))) for k, v in runs.items()
+    }
+    rerun = _ordered(k for r in consensus for k in (r.get("rerun") or []))
+    return {
+        "calibration": float(np.mean(calibration)) if calibration else None,
+        "calibration_max": float(np.max(calibration)) if calibration else None,
+        "runs": run_seconds,
+        "rerun": rerun,
+        "rerun_seconds": float(
+            sum(run_seconds[k] for k in rerun if k in run_seconds)
+        ),
+    }
 
 
 def _by_method_and_type(records, metric, methods, types):
@@ -262,6 +422,7 @@ def markdown_report(summary, config, plots=None):
     lines += _best_section(summary)
     lines += _metric_sections(summary)
     lines += _noise_rate_section(summary)
+    lines += _consensus_sections(summary)
     lines += _stability_section(summary)
     lines += _time_section(summary)
     for title, path in (plots or {}).items():
@@ -365,6 +526,156 @@ def _noise_rate_section(summary):
         _table(
             dict(summary, methods=list(summary["noise_rate_abs_error"])),
             "noise_rate_abs_error",
+        ),
+    ]
+
+
+def _consensus_sections(summary):
+    """The consensus against its best member, its noise-rate estimate, the
+    cost of its calibration and where its defaults were chosen."""
+    consensus = summary.get("consensus")
+    if not consensus:
+        return []
+    lines = _defaults_section()
+    lines += _versus_section(consensus)
+    lines += _consensus_noise_section(consensus)
+    lines += _cost_section(consensus)
+    return lines
+
+
+def _defaults_section():
+    chosen = DEFAULTS_CHOSEN_ON
+    return [
+        "",
+        "## Consensus: where its defaults were chosen",
+        "",
+        "The defaults of the calibrated consensus and of its noise-rate "
+        "estimate (injected fraction, correlation ridge, slope tolerance, "
+        "interval spread) were chosen by `%s` on %s with **%s** noise at "
+        "rates %s and seeds %s only. Every other column below "
+        "(structured and instance noise, seeds of this grid) only "
+        "evaluates them; the `%s` column (and `symmetric`, the same "
+        "injection) is the kind that chose them, on other seeds."
+        % (
+            chosen["script"],
+            chosen["features"],
+            chosen["noise"],
+            ", ".join(str(r) for r in chosen["rates"]),
+            ", ".join(str(s) for s in chosen["seeds"]),
+            chosen["noise"],
+        ),
+    ]
+
+
+def _versus_section(consensus):
+    lines = [
+        "",
+        "## Consensus vs its best member (mislabeling)",
+        "",
+        "Means over rates and seeds; the best member is the member run with "
+        "the best mean in that column; *wins* counts the settings where the "
+        "consensus beat every member.",
+        "",
+        "| type | consensus | AUROC | best member | AUROC | wins | F1 | "
+        "best member | F1 | wins |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for hardness, by_name in consensus["columns"].items():
+        for name, f in by_name.items():
+            row = [hardness, name]
+            for metric in ("auroc", "f1"):
+                best, value = f["best_" + metric]
+                mark = "**" if _beats(f[metric], value) else ""
+                row += [
+                    "%s%s%s" % (mark, _cell(f[metric]), mark),
+                    str(best),
+                    _cell(value),
+                    "%d/%d" % (f["wins_" + metric], f["settings"]),
+                ]
+            lines.append("| " + " | ".join(row) + " |")
+    lines += [
+        "",
+        "Bold: the consensus beats its best member in that column. "
+        "Weighting that ran: %s."
+        % "; ".join(
+            "%s: %s"
+            % (name, ", ".join("%s x%d" % kv for kv in counts.items()))
+            for name, counts in consensus["weighting"].items()
+        ),
+    ]
+    return lines
+
+
+def _beats(value, other):
+    return value is not None and other is not None and value > other
+
+
+def _consensus_noise_section(consensus):
+    lines = [
+        "",
+        "## Consensus noise-rate estimate by rate",
+        "",
+        "Mean estimate (mean absolute error; settings within %.2f; "
+        "settings whose interval holds the truth) per mislabeling type and "
+        "injected rate." % NOISE_RATE_GOAL,
+    ]
+    for name, by_type in consensus["noise"].items():
+        rates = sorted({r for v in by_type.values() for r in v}, key=float)
+        if not rates:
+            continue
+        lines += [
+            "",
+            "`%s`:" % name,
+            "",
+            "| type | " + " | ".join(rates) + " |",
+            "|---" * (len(rates) + 1) + "|",
+        ]
+        for hardness, by_rate in by_type.items():
+            cells = []
+            for rate in rates:
+                f = by_rate.get(rate)
+                if f is None:
+                    cells.append("-")
+                    continue
+                covered = (
+                    ""
+                    if f["covered"] is None
+                    else ", %d%% in interval" % round(100 * f["covered"])
+                )
+                cells.append(
+                    "%.3f (%.3f; %d%% within%s)"
+                    % (
+                        f["estimate"],
+                        f["abs_error"],
+                        round(100 * f["within_goal"]),
+                        covered,
+                    )
+                )
+            lines.append("| %s | %s |" % (hardness, " | ".join(cells)))
+    return lines
+
+
+def _cost_section(consensus):
+    cost = consensus["cost"]
+    if cost.get("calibration") is None:
+        return []
+    runs = ", ".join(
+        "%s %.1f s" % kv
+        for kv in sorted(cost["runs"].items(), key=lambda kv: kv[1])
+    )
+    return [
+        "",
+        "## Cost of the calibration",
+        "",
+        "The calibrated consensus re-runs %s on the injected labels: "
+        "%.1f s on average (at most %.1f s), against %.1f s for one run of "
+        "those members (member runs: %s)."
+        % (
+            ", ".join("`%s`" % k for k in cost["rerun"]) or "no member",
+            cost["calibration"],
+            cost["calibration_max"],
+            cost["rerun_seconds"],
+            runs,
         ),
     ]
 

@@ -3,6 +3,7 @@ Counter-examples of a suspicious label (CINCER), read from and shown in a
 FiftyOne collection; the computation is
 :mod:`fiftyone_hardness.methods.counterexamples`.
 """
+
 import logging
 
 import numpy as np

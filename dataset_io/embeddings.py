@@ -3,10 +3,14 @@ Computing image embeddings for a FiftyOne collection and storing them on
 its samples, with what produced them recorded on the field.
 
 The model and the batching are :mod:`fiftyone_hardness.methods.embeddings`;
-this module reads file paths, writes vectors and keeps the provenance record
+this module reads file paths, writes the vectors (from a background thread,
+while the model embeds the next batches) and keeps the provenance record
 that stops one field from mixing two models.
 """
+
 import logging
+import queue
+import threading
 
 import fiftyone as fo
 import fiftyone.core.media as fom
@@ -24,6 +28,13 @@ EMBEDDINGS_INFO_KEY = "hardness_embeddings"
 
 def compute_embeddings(samples, config, progress):
     """Embeds the images of ``samples`` into ``config.embeddings_field``.
+
+    The vectors are written by a background thread
+    (:class:`_BackgroundWriter`) while the model embeds the next batches.
+    When the embedding stops early (an error, Ctrl-C), the vectors already
+    handed to the writer are written before the error goes on; each is one
+    document update, so the field holds whole vectors only, attributed to
+    their model, and a later run with ``skip_existing`` completes it.
 
     Args:
         samples: a :class:`fiftyone.core.collections.SampleCollection`
@@ -53,16 +64,41 @@ def compute_embeddings(samples, config, progress):
     # run with another model cannot mix vectors into it
     _record_provenance(samples, field, embedder.info)
 
-    todo = samples
-    if config.skip_existing and samples.has_field(field):
-        todo = samples.exists(field, False)
-    ids, filepaths = todo.values(["id", "filepath"])
+    ids, filepaths = _samples_to_embed(samples, field, config.skip_existing)
     result = {
         "num_embedded": 0,
         "num_skipped": len(samples) - len(ids),
         "failed": {},
         "info": embedder.info,
     }
+    writer = _BackgroundWriter(samples, field)
+    try:
+        _embed_into(writer, ids, filepaths, embedder, config, result, progress)
+    except BaseException:
+        # what was handed to the writer is written; then the error goes on
+        writer.close(raise_errors=False)
+        raise
+    writer.close()
+    result["num_embedded"] = writer.num_written
+
+    if created and not result["num_embedded"]:
+        samples._dataset.delete_sample_field(field)
+    for sample_id, error in result["failed"].items():
+        logger.warning("Could not embed sample %s: %s", sample_id, error)
+    return result
+
+
+def _samples_to_embed(samples, field, skip_existing):
+    """Returns the ``(ids, filepaths)`` of the samples to embed."""
+    todo = samples
+    if skip_existing and samples.has_field(field):
+        todo = samples.exists(field, False)
+    return todo.values(["id", "filepath"])
+
+
+def _embed_into(writer, ids, filepaths, embedder, config, result, progress):
+    """Embeds ``filepaths`` and hands the vectors to ``writer`` every
+    ``config.write_every`` samples; records failures in ``result``."""
     buffer = {}
     done = 0
     for indices, vectors, errors in fhe.embed_files(
@@ -70,6 +106,9 @@ def compute_embeddings(samples, config, progress):
         embedder,
         batch_size=config.batch_size,
         num_workers=config.num_workers,
+        decode_device=config.decode_device,
+        prefetch=config.prefetch,
+        preprocess=config.preprocess,
     ):
         for i, vector in zip(indices, vectors):
             buffer[ids[i]] = vector
@@ -77,17 +116,73 @@ def compute_embeddings(samples, config, progress):
             result["failed"][ids[i]] = error
         done += len(indices) + len(errors)
         if len(buffer) >= config.write_every:
-            result["num_embedded"] += _write_vectors(samples, field, buffer)
+            writer.put(buffer)
             buffer = {}
         progress(done / max(len(ids), 1), "%d/%d images" % (done, len(ids)))
     if buffer:
-        result["num_embedded"] += _write_vectors(samples, field, buffer)
+        writer.put(buffer)
 
-    if created and not result["num_embedded"]:
-        samples._dataset.delete_sample_field(field)
-    for sample_id, error in result["failed"].items():
-        logger.warning("Could not embed sample %s: %s", sample_id, error)
-    return result
+
+class _BackgroundWriter(object):
+    """Writes dicts ``sample id -> vector`` to ``field`` from a thread, so
+    that the model never waits on the database.
+
+    At most ``depth`` dicts wait; :meth:`put` blocks beyond that (the
+    database sets the pace when it is the slower side). A failed write is
+    raised by the next :meth:`put` or by :meth:`close`; the dicts queued
+    after it are dropped.
+
+    Args:
+        samples: the collection written to
+        field: the vector field
+        depth (2): the dicts that may wait
+    """
+
+    def __init__(self, samples, field, depth=2):
+        self.samples = samples
+        self.field = field
+        self.num_written = 0
+        self.error = None
+        self._queue = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(
+            target=self._run, name="embeddings-writer", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self):
+        while True:
+            vectors = self._queue.get()
+            if vectors is None:
+                return
+            if self.error is not None:
+                continue  # drained, so that put() never blocks for ever
+            try:
+                _write_vectors(self.samples, self.field, vectors)
+                self.num_written += len(vectors)
+            except BaseException as e:  # raised in the caller's thread
+                self.error = e
+
+    def put(self, vectors):
+        """Queues a dict ``sample id -> vector`` for writing."""
+        while True:
+            self._raise_error()
+            try:
+                self._queue.put(vectors, timeout=0.1)
+                return
+            except queue.Full:
+                pass
+
+    def close(self, raise_errors=True):
+        """Waits until every queued dict is written (or dropped after a
+        failure), then raises the failure when ``raise_errors``."""
+        self._queue.put(None)
+        self._thread.join()
+        if raise_errors:
+            self._raise_error()
+
+    def _raise_error(self):
+        if self.error is not None:
+            raise self.error
 
 
 def get_embeddings_info(samples, embeddings_field):
@@ -101,7 +196,6 @@ def get_embeddings_info(samples, embeddings_field):
 
 def _write_vectors(samples, field, vectors):
     samples.set_values(field, vectors, key_field="id")
-    return len(vectors)
 
 
 def _check_provenance(samples, field, info):

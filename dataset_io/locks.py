@@ -17,6 +17,7 @@ machine). A second writer waits up to ``timeout`` seconds and then fails
 with a :class:`~fiftyone_hardness.methods.base.HardnessError` naming the
 holder. Re-entrant within one thread.
 """
+
 import contextlib
 import datetime
 import logging
@@ -129,8 +130,7 @@ def _acquire(key, token, purpose, timeout, lease, name):
                         "holder": token,
                         "purpose": purpose,
                         "since": now,
-                        "expires_at": now
-                        + datetime.timedelta(seconds=lease),
+                        "expires_at": now + datetime.timedelta(seconds=lease),
                     }
                 },
                 upsert=True,
@@ -164,8 +164,7 @@ def _renew(key, token, lease, stop):
             {"_id": key, "holder": token},
             {
                 "$set": {
-                    "expires_at": _now()
-                    + datetime.timedelta(seconds=lease)
+                    "expires_at": _now() + datetime.timedelta(seconds=lease)
                 }
             },
         )

@@ -6,6 +6,7 @@ bar), ``None`` (FiftyOne's default, ``fo.config.show_progress_bars``) or a
 callable ``(fraction, message)``, as FiftyOne brain methods do. Methods only
 ever see a callable.
 """
+
 import contextlib
 
 import fiftyone as fo

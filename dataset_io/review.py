@@ -111,7 +111,9 @@ def mark_labels(
                 "(correct_label=...)"
             )
         correct_label = str(correct_label)
-        _check_known_class(samples, label_field, correct_label, allow_new_class)
+        _check_known_class(
+            samples, label_field, correct_label, allow_new_class
+        )
         same = [i for i in sample_ids if labels[i] == correct_label]
         if same:
             raise HardnessError(
@@ -258,9 +260,7 @@ def apply_corrections(
                 target_field,
                 {"kind": "corrected_labels", "source": label_field},
             )
-        changes, stale = _corrections(
-            samples, label_field, skip_applied=False
-        )
+        changes, stale = _corrections(samples, label_field, skip_applied=False)
         _set_labels(dataset, target_field, changes)
     dataset.reload()
     return {

@@ -12,6 +12,7 @@ of a run takes ``score``: a
 for the run's default score).
 """
 
+import hashlib
 import logging
 import threading
 
@@ -42,6 +43,41 @@ FIGURES = [
     ("chi_rand", "chi_rand"),
     ("health_score", "Health score"),
 ]
+
+#: what each figure means, in plain words: (attribute, sentence); the
+#: sentence may use ``{value}`` and, for counts, ``{percent}`` (of the
+#: samples scored)
+FIGURE_HELP = {
+    "method": "The method that computed the scores",
+    "label_field": "The labels that were scored",
+    "num_samples": "Labelled samples that got a score",
+    "num_flagged": "Samples flagged as likely mislabeled: {percent} of "
+    "those scored",
+    "noise_rate": "The share of labels the method estimates are wrong: "
+    "about {percent_value} of the labels",
+    "threshold": "A sample is flagged when its score is above this value",
+    "chi_avg": "Raw dataset difficulty: the mean, over samples, of the "
+    "error under their own class divided by the error under the best other "
+    "class. Below 1: samples fit their own class better; near or above 1: "
+    "classes overlap (about 0.77 for MNIST, 0.84 for CIFAR-10 with CLIP "
+    "features)",
+    "classification_difficulty": "Dataset difficulty {value}, on a 0 easy "
+    "to 1 hard scale (chi_avg rescaled for the feature model)",
+    "chi_rand": "The same ratio if every sample carried the class that fits "
+    "it best: the reference for clean labels. The noise rate places the "
+    "actual labels between this value (no noise) and 1 (random labels)",
+    "health_score": "Overall label quality from 0 to 1, higher = cleaner "
+    "(cleanlab's health summary)",
+}
+
+#: what the figures of a sub-method's score mean
+SCORE_FIGURE_HELP = {
+    "Score": "The field of the score shown",
+    "Flagged by this score": "Samples this score flags: {percent} of those "
+    "scored",
+    "Noise rate by this score": "This score's own estimate of the share of "
+    "wrong labels",
+}
 
 #: rows of the flagged-samples table
 TABLE_ROWS = 25
@@ -169,6 +205,29 @@ def _display(value):
     return round(value, 4) if isinstance(value, float) else value
 
 
+def explained_figures(results, score=None, samples=None):
+    """Returns :func:`run_figures` with what each figure means, in plain
+    words: ``[(label, value, meaning)]``."""
+    labels = {label: name for name, label in FIGURES}
+    scored = getattr(results, "num_samples", None) or 0
+    rows = []
+    for label, value in run_figures(results, score, samples):
+        name = labels.get(label)
+        text = FIGURE_HELP.get(name) or SCORE_FIGURE_HELP.get(label, "")
+        rows.append((label, value, _fill_help(text, value, scored)))
+    return rows
+
+
+def _fill_help(text, value, scored):
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    percent = "%.1f%%" % (100.0 * value / scored) if number and scored else "?"
+    percent_value = "%.0f%%" % (100.0 * value) if number else "?"
+    shown = "%.2f" % value if isinstance(value, float) else str(value)
+    return text.format(
+        value=shown, percent=percent, percent_value=percent_value
+    )
+
+
 def class_difficulty(samples, results, score=None, max_classes=100):
     """Returns the per-class mean score, hardest first.
 
@@ -200,6 +259,64 @@ def class_difficulty(samples, results, score=None, max_classes=100):
     items = [(str(c), float(v)) for c, v in (scores or {}).items()]
     items.sort(key=lambda kv: (-kv[1], kv[0]))
     return items[:max_classes]
+
+
+def class_table(samples, results, score=None, max_classes=100):
+    """Returns the classes of a run, hardest first, with how many of their
+    scored samples are flagged: a list of dicts with ``class``, ``score``
+    (the class's mean score, higher = harder for every method), ``flagged``,
+    ``total`` (samples of the class that have a score) and ``noise``
+    (``flagged / total``: the share of the class's labels the run calls
+    wrong; None without flags).
+
+    Args:
+        samples: the collection the run is on
+        results: the run's results
+        score (None): a ``RunScore`` or a score name; the default score
+        max_classes (100): at most this many (the hardest) classes
+    """
+    score = as_score(results, score)
+    label_path = results.label_field + ".label"
+    scored = samples.exists(score.score_field)
+    totals = scored.count_values(label_path)
+    flagged_counts = {}
+    has_flags = score.flag_field is not None or (
+        threshold_for(results, score, samples) is not None
+    )
+    if has_flags:
+        flagged_counts = flagged_view(samples, results, score).count_values(
+            label_path
+        )
+    rows = []
+    for label, mean in class_difficulty(samples, results, score, max_classes):
+        total = int(totals.get(label, 0))
+        flagged = int(flagged_counts.get(label, 0)) if has_flags else None
+        rows.append(
+            {
+                "class": label,
+                "score": mean,
+                "flagged": flagged,
+                "total": total,
+                "noise": (
+                    round(flagged / total, 4) if has_flags and total else None
+                ),
+            }
+        )
+    return rows
+
+
+def fitted_range(values, pad=0.08):
+    """Returns ``(lo, hi)``: an axis range around ``values`` with ``pad``
+    of their spread on each side, so that small differences show (bars of
+    0.93 to 0.98 do not all look alike) and negative values fit."""
+    values = [float(v) for v in values if v is not None and np.isfinite(v)]
+    if not values:
+        return 0.0, 1.0
+    lo, hi = min(values), max(values)
+    spread = hi - lo
+    if spread <= 0:
+        spread = max(abs(hi), 1.0) * 0.1
+    return lo - pad * spread, hi + pad * spread
 
 
 def score_histogram(samples, score_field, bins=40):
@@ -275,17 +392,40 @@ def flagged_rows(samples, results, score=None, limit=None):
         paths.append(pred_field)
     values = view.values(paths)
     preds = values[3] if pred_field is not None else [None] * len(values[0])
+    statuses = review_statuses(samples, results.label_field, values[0])
     return [
         {
             "id": i,
             "label": label,
             "predicted": None if pred is None else str(pred),
             "score": None if value is None else round(float(value), 4),
+            "review": statuses.get(i, ""),
         }
         for i, label, value, pred in zip(
             values[0], values[1], values[2], preds
         )
     ]
+
+
+def review_statuses(samples, label_field, ids):
+    """Returns ``{sample id: "right" | "wrong -> X"}`` for the samples of
+    ``ids`` that have a review verdict (see
+    :mod:`fiftyone_hardness.dataset_io.review`)."""
+    field = "%s_reviewed" % label_field
+    dataset = samples._dataset
+    if not ids or not dataset.has_sample_field(field):
+        return {}
+    view = dataset.select(list(ids)).exists(field)
+    found, verdicts, labels = view.values(
+        ["id", field + ".verdict", field + ".label"]
+    )
+    statuses = {}
+    for i, verdict, label in zip(found, verdicts, labels):
+        if verdict == "wrong":
+            statuses[i] = "wrong -> %s" % label
+        elif verdict == "right":
+            statuses[i] = "right"
+    return statuses
 
 
 def flagged_view_name(results, score=None):
@@ -407,11 +547,18 @@ def member_scores_loader(samples, load_values):
 
 
 def agreement_matrix(
-    samples, run_keys=None, max_samples=MAX_AGREEMENT_SAMPLES, seed=0
+    samples,
+    run_keys=None,
+    max_samples=MAX_AGREEMENT_SAMPLES,
+    seed=0,
+    series=None,
 ):
     """Returns the Spearman rank correlations between the scores of hardness
     runs, over the samples that have every score (a random subset of at most
     ``max_samples`` of them).
+
+    ``series`` (names from :func:`agreement_series`) keeps only those
+    scores, in the order of :func:`agreement_series`.
 
     Returns:
         ``(names, matrix, num_samples)``: the series names, a list of lists
@@ -420,7 +567,12 @@ def agreement_matrix(
     """
     from scipy.stats import rankdata
 
-    series = agreement_series(samples, run_keys)
+    keep = None if series is None else set(series)
+    series = [
+        s
+        for s in agreement_series(samples, run_keys)
+        if keep is None or s[0] in keep
+    ]
     if len(series) < 2:
         return [], [], 0
     names, fields = zip(*series)
@@ -442,3 +594,81 @@ def agreement_matrix(
         for row in np.atleast_2d(corr)
     ]
     return list(names), matrix, len(X)
+
+
+def runs_newest_first(samples):
+    """Returns the hardness runs of ``samples`` as dicts with ``key``,
+    ``method``, ``id`` (the run document's id: it survives a rename) and
+    ``timestamp`` (ISO, when the run was made), newest first."""
+    runs = []
+    for key in list_hardness_runs(samples):
+        info = samples.get_run_info(key)
+        runs.append(
+            {
+                "key": key,
+                "method": getattr(info.config, "method", None),
+                "id": _run_doc_id(samples, key),
+                "timestamp": (
+                    info.timestamp.isoformat() if info.timestamp else ""
+                ),
+            }
+        )
+    runs.sort(key=lambda r: (r["timestamp"], r["key"]), reverse=True)
+    return runs
+
+
+def _run_doc_id(samples, key):
+    import fiftyone.core.runs as fors
+
+    doc = fors.Run._get_run_doc(samples, key)
+    return str(getattr(doc, "id", None) or key)
+
+
+def runs_signature(samples, runs=None):
+    """A cheap fingerprint of the hardness runs: changes when a run is
+    added, deleted, renamed or written again.
+
+    Args:
+        samples: the collection
+        runs (None): :func:`runs_newest_first`, if already read
+    """
+    runs = runs_newest_first(samples) if runs is None else runs
+    return "|".join(
+        "%s@%s@%s" % (r["key"], r["id"], r["timestamp"]) for r in runs
+    )
+
+
+def samples_signature(samples):
+    """A cheap fingerprint of the dataset's samples: their number and the
+    latest ``last_modified_at`` (indexed by FiftyOne, so one index lookup).
+    Changes when any sample is edited: a label, a review, a run's fields."""
+    dataset = samples._dataset
+    coll = dataset._sample_collection
+    doc = coll.find_one(
+        {}, {"last_modified_at": True}, sort=[("last_modified_at", -1)]
+    )
+    latest = doc.get("last_modified_at") if doc else None
+    return "%d@%s" % (
+        coll.estimated_document_count(),
+        latest.isoformat() if latest else "",
+    )
+
+
+def labels_digest(ids, labels):
+    """Returns a short fingerprint of ``(sample id, label)`` pairs,
+    independent of their order: the SHA-1 of the sorted pairs, 16 hex
+    digits. A run stores it as ``labels_digest`` so that the App can tell
+    when the labels it scored change (see
+    :func:`fiftyone_hardness.dataset_io.review_queue.run_staleness`)."""
+    pairs = sorted(zip((str(i) for i in ids), (str(v) for v in labels)))
+    digest = hashlib.sha1()
+    for sample_id, label in pairs:
+        digest.update(("%s\t%s\n" % (sample_id, label)).encode("utf-8"))
+    return digest.hexdigest()[:16]
+
+
+def data_labels_digest(data):
+    """:func:`labels_digest` of a
+    :class:`~fiftyone_hardness.methods.base.LabeledData`'s samples."""
+    names = np.asarray(data.classes, dtype=object)[np.asarray(data.labels)]
+    return labels_digest(data.ids, names)

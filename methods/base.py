@@ -12,6 +12,7 @@ The method returns per-sample arrays keyed by a field *suffix*; the run layer
 writes each as ``{run_key}_{suffix}``. Every ``*score`` array is oriented so
 that higher = harder / more likely mislabeled.
 """
+
 import logging
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -67,6 +68,15 @@ class LabeledData:
         label_field: the name of the label field
         load_values: callable ``(path) -> list`` returning the values of a
             field for exactly these samples, in this order
+        load_vectors: callable ``(path) -> (N, D) float32 array`` reading a
+            vector field for exactly these samples, in this order, with the
+            checks and messages of ``validation.vectors_to_array``. Used by
+            :meth:`embeddings` when set (a collection's reader fills one
+            array in chunks instead of building a list of vectors)
+        load_member_runs: callable ``(member) -> [dict]`` describing how
+            each score of consensus member ``member`` was made (see
+            :meth:`member_runs`), so that the consensus can re-run the
+            cheap members on labels with known injected noise
         progress: callable ``(fraction, message)`` for progress reports
         load_classes: callable ``(field) -> list or None`` returning the
             class list the collection declares for ``field``
@@ -87,6 +97,8 @@ class LabeledData:
     progress: ProgressFn = no_progress
     load_classes: Optional[Callable] = None
     load_scores: Optional[Callable] = None
+    load_vectors: Optional[Callable] = None
+    load_member_runs: Optional[Callable] = None
 
     @property
     def num_samples(self):
@@ -126,6 +138,18 @@ class LabeledData:
             )
         return self.load_scores(member)
 
+    def member_runs(self, member):
+        """Returns how each score of consensus member ``member`` was made:
+        one dict per score, in the order of :meth:`member_scores`, with
+        ``name`` (as there), ``run_key``, ``method``, ``label_field``,
+        ``config`` (the run's stored parameters), ``score`` (None for a
+        run's main score, else the sub-method's name) and ``noise_rate``
+        (the run's own estimate for it, or None). Empty when the data do
+        not say (arrays not backed by a collection)."""
+        if self.load_member_runs is None:
+            return []
+        return self.load_member_runs(member)
+
     def embeddings(self, embeddings_field):
         """Returns ``embeddings_field`` as an (N, D) float32 array.
 
@@ -139,6 +163,8 @@ class LabeledData:
                 "embeddings_field=... (compute one with "
                 "fiftyone_hardness.compute_embeddings)"
             )
+        if self.load_vectors is not None:
+            return self.load_vectors(embeddings_field)
         from fiftyone_hardness.methods.validation import vectors_to_array
 
         values = self.values(embeddings_field)

@@ -17,6 +17,7 @@ accepts and a help text. From that one declaration come
 
 So Python and the App accept and refuse exactly the same values.
 """
+
 import dataclasses
 import math
 import numbers
@@ -295,7 +296,9 @@ class MethodConfig:
             else:
                 default = None
             meta = dict(f.metadata)
-            meta["label"] = meta["label"] or f.name.replace("_", " ").capitalize()
+            meta["label"] = (
+                meta["label"] or f.name.replace("_", " ").capitalize()
+            )
             params.append(Parameter(name=f.name, default=default, **meta))
         return params
 

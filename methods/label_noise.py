@@ -17,6 +17,7 @@ Used by the demo dataset, the tests and the benchmark. Kinds (see
 :func:`inject_human_noise` takes labels from a second annotator where it
 disagrees (``human`` noise, as RER does with CIFAR-10N).
 """
+
 import numpy as np
 
 from fiftyone_hardness.methods.base import HardnessError

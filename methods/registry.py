@@ -11,6 +11,7 @@ stays cheap too.
 
 To add a method, call :func:`register_method`.
 """
+
 import importlib
 import logging
 from dataclasses import dataclass
@@ -164,4 +165,3 @@ def run_method(name, data, config):
     if isinstance(config, dict):
         return run(data, **config)
     return run(data, config)
-

@@ -25,6 +25,4 @@ def __getattr__(name):
         from fiftyone_hardness.dataset_io import runs
 
         return getattr(runs, name)
-    raise AttributeError(
-        "module %r has no attribute %r" % (__name__, name)
-    )
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))

@@ -7,13 +7,19 @@ inputs. Every failure is a
 :class:`~fiftyone_hardness.methods.base.HardnessError` that says what is
 wrong and how to fix it.
 """
+
 import numpy as np
 
 from fiftyone_hardness.methods.base import HardnessError
 
 
-def check_labels(labels, num_classes=None, min_classes=2, min_per_class=1,
-                 what="this method"):
+def check_labels(
+    labels,
+    num_classes=None,
+    min_classes=2,
+    min_per_class=1,
+    what="this method",
+):
     """Validates class-index labels.
 
     Args:
@@ -82,8 +88,10 @@ def check_features(X, num_rows=None, what="features", ids=None):
         HardnessError: not 2-D numbers, wrong number of rows, NaN or inf
     """
     X = np.asarray(X)
-    if X.ndim != 2 or X.dtype == object or not (
-        np.issubdtype(X.dtype, np.number) or X.dtype == bool
+    if (
+        X.ndim != 2
+        or X.dtype == object
+        or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool)
     ):
         raise HardnessError(
             "'%s' must be an (N, D) array of numbers with one vector of the "
@@ -95,7 +103,7 @@ def check_features(X, num_rows=None, what="features", ids=None):
             "Got %d rows of '%s' for %d labels" % (len(X), what, num_rows)
         )
     X = X.astype(np.float32, copy=False)
-    bad = ~np.isfinite(X).all(axis=1)
+    bad = _nonfinite_rows(X)
     if bad.any():
         first = np.flatnonzero(bad)[0]
         raise HardnessError(
@@ -103,10 +111,14 @@ def check_features(X, num_rows=None, what="features", ids=None):
             % (
                 int(bad.sum()),
                 what,
-                "sample %s" % ids[first] if ids is not None else "row %d" % first,
+                (
+                    "sample %s" % ids[first]
+                    if ids is not None
+                    else "row %d" % first
+                ),
             )
         )
-    if len(X) > 1 and not np.ptp(X, axis=0).any():
+    if len(X) > 1 and _all_rows_equal(X):
         # e.g. all-zero embeddings from a failed model: every method would
         # flag an arbitrary fraction of the data
         raise HardnessError(
@@ -115,6 +127,28 @@ def check_features(X, num_rows=None, what="features", ids=None):
             "compute_embeddings)" % (len(X), what)
         )
     return X
+
+
+def _all_rows_equal(X, block=4096):
+    """Whether every row equals the first, stopping at the first block with
+    a different row (on real data: the first one, so this costs nothing)."""
+    for start in range(1, len(X), block):
+        if (X[start : start + block] != X[0]).any():
+            return False
+    return True
+
+
+def _nonfinite_rows(X, block_size=1 << 22):
+    """The (N,) mask of rows with a NaN or inf, checked ``block_size``
+    values at a time (an (N, D) bool temporary would add a quarter of a
+    float32 X)."""
+    block = max(1, block_size // max(1, X.shape[1]))
+    bad = np.zeros(len(X), dtype=bool)
+    for start in range(0, len(X), block):
+        bad[start : start + block] = ~np.isfinite(
+            X[start : start + block]
+        ).all(axis=1)
+    return bad
 
 
 def vectors_to_array(values, ids, name="embeddings"):
@@ -132,26 +166,54 @@ def vectors_to_array(values, ids, name="embeddings"):
     """
     if not len(values):
         raise HardnessError("No samples to compute on")
-    missing = [i for i, v in enumerate(values) if v is None]
-    if missing:
-        raise HardnessError(
-            "%d of %d labelled samples have no value in '%s' (e.g. sample "
-            "%s); compute the embeddings for them first or exclude them "
-            "from the view" % (len(missing), len(values), name, ids[missing[0]])
-        )
+    problems = dict(num_rows=len(values), ids=ids, name=name)
+    check_vector_rows(
+        missing=[i for i, v in enumerate(values) if v is None], **problems
+    )
     try:
         dims = {np.size(v) for v in values}
-        if len(dims) > 1:
-            raise HardnessError(
-                "'%s' holds vectors of different lengths %s; all samples "
-                "need embeddings from the same model" % (name, sorted(dims))
-            )
-        array = np.empty((len(values), dims.pop()), dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        check_vector_rows(error=e, **problems)
+    check_vector_rows(dims=dims, **problems)
+    array = np.empty((len(values), dims.pop()), dtype=np.float32)
+    try:
         for row, value in enumerate(values):
             array[row] = np.ravel(np.asarray(value, dtype=np.float32))
     except (TypeError, ValueError) as e:
+        check_vector_rows(error=e, **problems)
+    return check_features(array, what=name, ids=ids)
+
+
+def check_vector_rows(num_rows, ids, name, missing=(), dims=(), error=None):
+    """Raises the error of :func:`vectors_to_array` for vectors described
+    by a summary, so that readers which stream vectors into an array
+    (``dataset_io/data.py:read_vectors``) refuse them in the same words.
+
+    Args:
+        num_rows: the number of samples
+        ids: the sample ids, for error messages
+        name: the field name, for error messages
+        missing (()): the sorted rows without a vector
+        dims (()): the set of vector lengths seen
+        error (None): the exception raised converting a value to numbers
+
+    Raises:
+        HardnessError: missing vectors, mixed dimensions, values that are
+            not numbers
+    """
+    if len(missing):
+        raise HardnessError(
+            "%d of %d labelled samples have no value in '%s' (e.g. sample "
+            "%s); compute the embeddings for them first or exclude them "
+            "from the view" % (len(missing), num_rows, name, ids[missing[0]])
+        )
+    if len(dims) > 1:
+        raise HardnessError(
+            "'%s' holds vectors of different lengths %s; all samples "
+            "need embeddings from the same model" % (name, sorted(dims))
+        )
+    if error is not None:
         raise HardnessError(
             "'%s' does not hold numeric vectors (%s); choose a field "
-            "written by compute_embeddings" % (name, e)
+            "written by compute_embeddings" % (name, error)
         )
-    return check_features(array, what=name, ids=ids)

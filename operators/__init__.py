@@ -2,6 +2,7 @@
 The plugin's App operators. Each capability adds its operator class to
 :data:`OPERATORS` (one line) and its name to ``fiftyone.yml``.
 """
+
 from fiftyone_hardness.operators.compute_embeddings import ComputeEmbeddings
 from fiftyone_hardness.operators import review as _review
 from fiftyone_hardness.operators import runs as _runs

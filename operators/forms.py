@@ -12,6 +12,7 @@ with its label, help, choices and range, and the same validation as Python.
 Dropdown values travel as strings: choices that are not strings (None,
 numbers, booleans) are encoded as JSON and decoded here.
 """
+
 import json
 
 import fiftyone.operators.types as types
@@ -107,9 +108,7 @@ def refuse_unknown_params(inputs, params, config_class, operator_params=()):
     Returns:
         True when every name is known
     """
-    valid = list(operator_params) + [
-        p.name for p in config_class.parameters()
-    ]
+    valid = list(operator_params) + [p.name for p in config_class.parameters()]
     known = set(valid) | set(inputs.properties)
     unknown = sorted(
         name
@@ -159,7 +158,7 @@ def _add_input(inputs, p, error):
             types.String(),
             default=[_encode(v) for v in (p.default or [])],
             view=_dropdown(choices, multiple=True),
-            **common
+            **common,
         )
     elif p.kind == "str" and choices:
         # suggestions: any other string is accepted too
@@ -174,7 +173,7 @@ def _add_input(inputs, p, error):
             view.values(),
             default=_encode(p.default),
             view=view,
-            **common
+            **common,
         )
     elif p.kind == "int":
         inputs.int(p.name, default=p.default, **_range(p), **common)

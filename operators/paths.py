@@ -16,6 +16,7 @@ directory:
 
 Python callers are not restricted: they pass paths to the API directly.
 """
+
 import os
 
 import fiftyone as fo
@@ -56,8 +57,13 @@ def app_path(path, what):
         "%s %r resolves to %s, outside the directories this App allows "
         "(%s); choose a path inside them, or ask whoever runs the App to "
         "add a directory to %s"
-        % (what.capitalize(), path, resolved, ", ".join(allowed_dirs()),
-           ENV_VAR)
+        % (
+            what.capitalize(),
+            path,
+            resolved,
+            ", ".join(allowed_dirs()),
+            ENV_VAR,
+        )
     )
 
 

@@ -2,6 +2,7 @@
 The plugin's App panels. Each panel class is added to :data:`PANELS` (one
 line) and its name to ``fiftyone.yml``.
 """
+
 from fiftyone_hardness.panels.hardness_panel import HardnessPanel
 
 PANELS = [

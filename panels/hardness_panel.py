@@ -1,34 +1,78 @@
 """
 The Hardness panel: a python panel on the App's grid surface that shows a
-hardness run (dataset difficulty, noise rate, number flagged), its class
-difficulty as a sorted bar chart, its score histogram with the threshold,
-the hardest flagged samples and, when several runs exist, how much their
-scores agree.
+hardness run and walks a reviewer from a hard class to a fixed label.
+
+For the run chosen (the newest by default) it shows the run's figures, each
+with what it means in plain words; the classes hardest first (a bar chart on
+an axis fitted to the data, and a table with each class's flagged count and
+noise estimate); the score histogram with the threshold; a review queue of
+the flagged samples, hardest first, re-ranked with the corrected labels as
+the reviewer works; the hardest flagged samples with their review status;
+and, when several runs exist, the agreement of the scores the user picks.
+
+The panel is live: a timer (:class:`fiftyone.operators.types.TimerView`)
+polls a cheap signature of the runs (keys, run ids, timestamps) and of the
+samples (count and latest ``last_modified_at``, an index lookup), so that a
+run computed, renamed, deleted or written again, and reviews, corrections
+and undos made anywhere, show without a manual Refresh; a run whose scored
+labels changed since it was computed is marked stale.
 
 Clicking a class bar loads that class sorted hardest first; clicking or
 box-selecting histogram bars loads that score range; clicking a table row
 selects the sample; a button saves the flagged samples as a saved view named
 after the run. The panel only reads runs, through their schema
-(:meth:`fiftyone_hardness.dataset_io.runs.HardnessRunResults.scores`) and
-:mod:`fiftyone_hardness.dataset_io.run_views`; it never computes scores nor
-parses field names.
+(:meth:`fiftyone_hardness.dataset_io.runs.HardnessRunResults.scores`),
+:mod:`fiftyone_hardness.dataset_io.run_views` and
+:mod:`fiftyone_hardness.dataset_io.review_queue`, and records verdicts
+through :mod:`fiftyone_hardness.dataset_io.review`; it never computes scores
+nor parses field names. See ``docs/app.md``.
 """
 
+import datetime
 import logging
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+from fiftyone_hardness.dataset_io import review_queue as fhqueue
 from fiftyone_hardness.dataset_io import run_views
 from fiftyone_hardness.dataset_io.runs import list_hardness_runs
+from fiftyone_hardness.methods.base import HardnessError
 
 logger = logging.getLogger(__name__)
 
 PANEL_NAME = "hardness_panel"
 
+#: how often the panel checks for new runs and label changes (ms)
+POLL_MS = 3000
+
+#: the most score series shown in the agreement view by default
+AGREEMENT_DEFAULT_SERIES = 6
+
+#: samples of the review queue that the grid shows at once
+QUEUE_VIEW_SIZE = 25
+
 _BAR_COLOR = "#FF6D04"
 _HIST_COLOR = "#4C9BE8"
 _PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+_CLASS_HEIGHT = 300
+_HIST_HEIGHT = 260
+
+_CLASS_HELP = (
+    "Each bar is a class's mean score, hardest first. Scores are oriented "
+    "so that higher = harder for every method, and the axis is fitted to "
+    "the bars, so small differences show. *Flagged* counts the class's "
+    "samples the run flags; *noise estimate* = flagged / scored, the share "
+    "of the class's labels the run calls wrong."
+)
+_HIST_HELP = (
+    "How many samples have each score; samples right of the red threshold "
+    "are flagged."
+)
+_AGREEMENT_HELP = (
+    "Spearman rank correlation between the scores you pick: 1 = the two "
+    "scores rank the samples identically, 0 = unrelated, -1 = opposite."
+)
 
 
 class HardnessPanel(foo.Panel):
@@ -43,10 +87,43 @@ class HardnessPanel(foo.Panel):
             surfaces="grid",
             help_markdown=(
                 "Hardness runs of this dataset: difficulty, estimated noise "
-                "rate, hardest classes and flagged samples. Click a class "
-                "bar or a histogram bar to load those samples, hardest first."
+                "rate, hardest classes and flagged samples, and a review "
+                "queue of the flagged samples. Click a class bar or a "
+                "histogram bar to load those samples, hardest first."
             ),
         )
+
+    def execute(self, ctx):
+        """Runs a panel event as :meth:`fiftyone.operators.Panel.execute`
+        does, with the event's writes to the panel's state and data sent to
+        the App as one patch each, before the layout: the App re-renders the
+        panel once per patch, and an event sets dozens of keys."""
+        panel = getattr(ctx, "_panel", None)
+        if panel is None or ctx.params.get("__method__") in (
+            None,
+            "on_startup",
+        ):
+            return super().execute(ctx)
+        state = _Buffered(panel._state, ctx.ops.patch_panel_state)
+        data = _Buffered(panel._data, ctx.ops.patch_panel_data)
+        real = panel._state, panel._data
+        panel._state, panel._data = state, data
+        try:
+            method = getattr(self, ctx.params.get("__method__"), None)
+            result = None
+            if method is not None:
+                ctx.event_args = ctx.params.get("event_args", {})
+                result = method(ctx)
+            if method == self.on_poll and not (
+                state._updates or data._updates
+            ):
+                return result  # nothing changed: the App keeps its layout
+            state.flush()
+            data.flush()
+            ctx.ops.show_panel_output(self.render(ctx))
+            return result
+        finally:
+            panel._state, panel._data = real
 
     #
     # Lifecycle
@@ -56,21 +133,51 @@ class HardnessPanel(foo.Panel):
         self._refresh(ctx)
 
     def on_change_dataset(self, ctx):
-        ctx.panel.state.run_key = None
-        ctx.panel.state.score = None
+        for key in (
+            "run_key",
+            "run_id",
+            "runs",
+            "run_list",
+            "score",
+            "review_id",
+        ):
+            setattr(ctx.panel.state, key, None)
+        ctx.panel.state.review_skipped = []
         self._refresh(ctx)
+
+    def on_poll(self, ctx):
+        """The timer's event: refreshes what changed since the last look
+        (runs, or samples: labels, reviews), and nothing otherwise."""
+        if ctx.dataset is None:
+            return
+        state = ctx.panel.state
+        if run_views.runs_signature(ctx.dataset) != state.runs_signature:
+            self._refresh(ctx)
+            return
+        if run_views.samples_signature(ctx.dataset) != (
+            state.samples_signature
+        ):
+            self._refresh_samples(ctx)
+        elif state.review_building:
+            self._load_review(ctx)  # the re-ranking graph may be ready
 
     #
     # Events
     #
 
     def on_change_run(self, ctx):
-        ctx.panel.state.run_key = ctx.params.get("value")
+        key = ctx.params.get("value")
+        ctx.panel.state.run_key = key
+        ctx.panel.state.run_id = None
         ctx.panel.state.score = None
+        ctx.panel.state.review_id = None
+        ctx.panel.state.review_skipped = []
         self._refresh(ctx)
 
     def on_change_score(self, ctx):
         ctx.panel.state.score = ctx.params.get("value")
+        ctx.panel.state.review_id = None
+        ctx.panel.state.review_skipped = []
         self._refresh(ctx)
 
     def on_refresh(self, ctx):
@@ -149,6 +256,134 @@ class HardnessPanel(foo.Panel):
     def on_clear_view(self, ctx):
         ctx.ops.clear_view()
 
+    def on_change_agreement(self, ctx):
+        value = ctx.params.get("value")
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        ctx.panel.state.agreement_series = list(value or [])
+        _load_agreement(ctx)
+
+    #
+    # Review events
+    #
+
+    def on_review_start(self, ctx):
+        """Shows the queue in the grid, the current sample selected."""
+        self._show_queue(ctx)
+
+    def on_review_open(self, ctx):
+        """Opens the current queue sample in the sample view."""
+        sample_id = ctx.panel.state.review_id
+        if sample_id:
+            self._show_queue(ctx)
+            ctx.ops.open_sample(id=sample_id)
+
+    def on_review_class(self, ctx):
+        ctx.panel.state.correct_class = ctx.params.get("value")
+
+    def on_review_wrong(self, ctx):
+        label = ctx.panel.state.correct_class
+        if not label:
+            self._review_error(
+                ctx, "Pick the correct class first, then press Wrong"
+            )
+            return
+        self._verdict(ctx, "wrong", label)
+
+    def on_review_right(self, ctx):
+        self._verdict(ctx, "right")
+
+    def on_review_skip(self, ctx):
+        sample_id = ctx.panel.state.review_id
+        if not sample_id:
+            return
+        skipped = [
+            i for i in (ctx.panel.state.review_skipped or []) if i != sample_id
+        ]
+        ctx.panel.state.review_skipped = skipped + [sample_id]
+        ctx.panel.state.review_id = None
+        ctx.panel.state.review_error = None
+        ctx.panel.state.review_message = "Skipped; it comes back at the end"
+        self._load_review(ctx)
+        self._show_queue(ctx)
+
+    def on_queue_row_click(self, ctx):
+        row = ctx.params.get("row")
+        rows = ctx.panel.state.review_queue or []
+        if row is None or not 0 <= row < len(rows):
+            return
+        ctx.panel.state.review_id = rows[row]["id"]
+        ctx.panel.state.review_error = None
+        self._load_review(ctx)
+        self._show_queue(ctx)
+
+    def _verdict(self, ctx, verdict, label=None):
+        state = ctx.panel.state
+        sample_id = state.review_id
+        results = self._results(ctx)
+        if not sample_id or results is None:
+            return
+        score = self._score(ctx, results)
+        try:
+            queue = fhqueue.get_queue(ctx.dataset, results, score)
+            item = queue.item(sample_id)
+            reranked = fhqueue.record_verdict(
+                ctx.dataset, queue, sample_id, verdict, correct_label=label
+            )
+        except HardnessError as e:
+            self._review_error(ctx, str(e))
+            return
+        if verdict == "wrong":
+            message = "Recorded: labelled %s, it is %s" % (
+                item["label"],
+                label,
+            )
+        else:
+            message = "Recorded: %s is right" % item["label"]
+        if reranked:
+            message += "; the queue was re-ranked with the corrected labels"
+        state.review_message = message
+        state.review_error = None
+        state.review_id = None
+        state.review_skipped = [
+            i for i in (state.review_skipped or []) if i != sample_id
+        ]
+        self._load_review(ctx, results, score)
+        state.flagged_table = run_views.flagged_rows(
+            ctx.dataset, results, score
+        )
+        # the review changed the samples: no refresh needed on the next poll
+        state.samples_signature = run_views.samples_signature(ctx.dataset)
+        self._show_queue(ctx)
+
+    def _review_error(self, ctx, message):
+        ctx.panel.state.review_error = message
+        ctx.ops.notify(message, variant="error")
+
+    def _show_queue(self, ctx):
+        """Loads the next :data:`QUEUE_VIEW_SIZE` samples of the queue in
+        the grid, current first, and selects the current one."""
+        state = ctx.panel.state
+        results = self._results(ctx)
+        score = self._score(ctx, results) if results is not None else None
+        if score is None:
+            return
+        try:
+            queue = fhqueue.get_queue(ctx.dataset, results, score)
+        except HardnessError:
+            return
+        ids = queue.remaining(state.review_skipped or [])
+        current = state.review_id
+        if current:
+            ids = [current] + [i for i in ids if i != current]
+        if not ids:
+            return
+        ctx.ops.set_view(
+            ctx.dataset.select(ids[:QUEUE_VIEW_SIZE], ordered=True)
+        )
+        if current:
+            ctx.ops.set_selected_samples([current])
+
     #
     # Data
     #
@@ -181,13 +416,18 @@ class HardnessPanel(foo.Panel):
         )
 
     def _refresh(self, ctx):
-        """Reads the chosen run through its schema into the panel's state
-        and data, one step per part of the layout."""
+        """Reads the runs, chooses one and loads it through its schema into
+        the panel's state and data, one step per part of the layout."""
         state = ctx.panel.state
-        runs = list_hardness_runs(ctx.dataset) if ctx.dataset else []
-        state.runs = runs
-        if state.run_key not in runs:
-            state.run_key = runs[-1] if runs else None
+        dataset = ctx.dataset
+        runs = run_views.runs_newest_first(dataset) if dataset else []
+        _choose_run(state, runs)
+        state.runs_signature = (
+            run_views.runs_signature(dataset, runs) if dataset else None
+        )
+        state.samples_signature = (
+            run_views.samples_signature(dataset) if dataset else None
+        )
         results = self._results(ctx)
         if results is None:
             state.figures = None
@@ -198,35 +438,111 @@ class HardnessPanel(foo.Panel):
         ]
         state.score = score.name if score is not None else None
         state.score_field = score.score_field if score is not None else None
-        state.figures = _figures_markdown(results, score, ctx.dataset)
+        state.figures = _figures_markdown(results, score, dataset)
         _load_class_chart(ctx, results, score)
         _load_histogram(ctx, results, score)
-        state.flagged_table = (
-            run_views.flagged_rows(ctx.dataset, results, score)
-            if score is not None
-            else []
-        )
+        self._refresh_samples(ctx, results, score)
         _load_agreement(ctx)
+
+    def _refresh_samples(self, ctx, results=None, score=None):
+        """Reloads what depends on the samples' labels and reviews: the
+        staleness mark, the class table, the review queue and the flagged
+        table."""
+        state = ctx.panel.state
+        state.samples_signature = run_views.samples_signature(ctx.dataset)
+        if results is None:
+            results = self._results(ctx)
+            if results is None:
+                return
+            score = self._score(ctx, results)
+        stale, message = fhqueue.run_staleness(ctx.dataset, results)
+        state.stale = message if stale else None
+        if score is None:
+            state.class_table = None
+            state.flagged_table = []
+            state.review_item = None
+            return
+        state.class_table = _class_table_markdown(
+            run_views.class_table(ctx.dataset, results, score)
+        )
+        state.flagged_table = run_views.flagged_rows(
+            ctx.dataset, results, score
+        )
+        self._load_review(ctx, results, score)
+
+    def _load_review(self, ctx, results=None, score=None):
+        """Loads the review queue: the current sample, what to prefill,
+        the progress and the next samples."""
+        state = ctx.panel.state
+        if results is None:
+            results = self._results(ctx)
+            if results is None:
+                return
+            score = self._score(ctx, results)
+        if score is None:
+            state.review_item = None
+            return
+        try:
+            queue = fhqueue.get_queue(ctx.dataset, results, score)
+        except HardnessError as e:
+            state.review_item = None
+            state.review_progress = "No review queue: %s" % e
+            return
+        skipped = list(state.review_skipped or [])
+        remaining = queue.remaining(skipped)
+        previous = current = state.review_id
+        if current not in remaining:
+            current = remaining[0] if remaining else None
+        state.review_id = current
+        state.review_classes = list(queue.classes)
+        shown = ([current] if current else []) + [
+            i for i in remaining[: fhqueue.QUEUE_ROWS + 1] if i != current
+        ][: fhqueue.QUEUE_ROWS]
+        items = queue.items(ctx.dataset, shown)
+        item = items[0] if current else None
+        state.review_item = item
+        if current != previous or state.correct_class is None:
+            # a new sample: the run's prediction; the same one: the
+            # reviewer's pick stays
+            state.correct_class = _prefill(item)
+        progress = queue.progress()
+        state.review_progress = _progress_text(progress, len(skipped))
+        state.review_status = queue.status_message
+        state.review_building = queue.status == fhqueue.BUILDING
+        state.review_queue = items[1:] if current else items
 
     #
     # Layout
     #
 
     def render(self, ctx):
+        # a property whose name is also a state key shows the state's value
+        # (e.g. a dict), not the one given here: view-only parts are named
+        # *_text / *_box, apart from the state they show
         state = ctx.panel.state
         panel = types.Object()
+        panel.view(
+            "poll",
+            types.TimerView(interval=POLL_MS, on_interval=self.on_poll),
+        )
         if not state.runs:
             self._render_no_runs(panel)
         else:
             self._render_header(panel, state)
+            if state.stale:
+                panel.view(
+                    "stale_warning",
+                    types.Warning(label="Stale run", description=state.stale),
+                )
             if state.figures:
                 panel.md(state.figures, name="figures")
-            self._render_class_chart(panel)
+            self._render_class_chart(panel, state)
             self._render_histogram(panel, state)
             self._render_actions(panel, state)
+            self._render_review(panel, state)
             self._render_flagged_table(panel)
-            if state.has_agreement:
-                self._render_agreement(panel)
+            if state.agreement_choices:
+                self._render_agreement(panel, state)
         return types.Property(
             panel, view=types.GridView(orientation="vertical", gap=2)
         )
@@ -235,23 +551,24 @@ class HardnessPanel(foo.Panel):
         panel.md(
             "### No hardness runs yet\n\nRun a hardness method from the "
             "operator browser (e.g. *Hardness: RER*), or from Python "
-            "with `dataset.apply_hardness(...)`, then refresh.",
+            "with `dataset.apply_hardness(...)`: it shows here when done.",
             name="no_runs",
         )
         panel.btn("refresh", label="Refresh", on_click=self.on_refresh)
 
     def _render_header(self, panel, state):
-        """The run dropdown, the score dropdown (runs with several scores)
-        and the refresh button."""
-        header = panel.h_stack("header", align_y="center", gap=2)
+        """The run dropdown (newest first), the score dropdown (runs with
+        several scores) and the refresh button. The dropdowns are top-level
+        properties, so that their value is ``state.run_key`` /
+        ``state.score`` even when the panel switches run by itself."""
         choices = types.DropdownView()
-        for key in state.runs:
-            choices.add_choice(key, label=key)
-        header.enum(
+        for run in state.run_list or []:
+            choices.add_choice(run["key"], label=_run_label(run))
+        panel.enum(
             "run_key",
             choices.values(),
             default=state.run_key,
-            label="Hardness run",
+            label="Hardness run (newest first)",
             view=choices,
             on_change=self.on_change_run,
         )
@@ -263,7 +580,7 @@ class HardnessPanel(foo.Panel):
                     score["name"],
                     label="%s (%s)" % (score["name"], score["field"]),
                 )
-            header.enum(
+            panel.enum(
                 "score",
                 score_choices.values(),
                 default=state.score,
@@ -271,23 +588,33 @@ class HardnessPanel(foo.Panel):
                 view=score_choices,
                 on_change=self.on_change_score,
             )
-        header.btn("refresh", label="Refresh", on_click=self.on_refresh)
+        panel.btn("refresh", label="Refresh", on_click=self.on_refresh)
 
-    def _render_class_chart(self, panel):
+    def _render_class_chart(self, panel, state):
         panel.plot(
             "class_chart",
-            label="Class difficulty (click a class: its samples, hardest "
-            "first)",
+            label="Classes, hardest first (click a class: its samples, "
+            "hardest first)",
             config=_PLOT_CONFIG,
+            height=_CLASS_HEIGHT,
             layout={
-                "height": 280,
-                "margin": {"l": 50, "r": 10, "t": 10, "b": 60},
+                "height": _CLASS_HEIGHT,
+                "autosize": True,
+                "margin": {"l": 60, "r": 10, "t": 10, "b": 60},
                 "xaxis": {"type": "category", "title": {"text": "class"}},
-                "yaxis": {"title": {"text": "mean score"}},
+                "yaxis": {
+                    "title": {"text": "mean score (higher = harder)"},
+                    "range": state.class_range,
+                    "autorange": state.class_range is None,
+                },
                 "hovermode": "closest",
             },
             on_click=self.on_class_click,
         )
+        text = _CLASS_HELP
+        if state.class_table:
+            text += "\n\n" + state.class_table
+        panel.md(text, name="class_help")
 
     def _render_histogram(self, panel, state):
         """The score histogram, with the threshold as a red line."""
@@ -313,8 +640,10 @@ class HardnessPanel(foo.Panel):
                 else ""
             ),
             config=_PLOT_CONFIG,
+            height=_HIST_HEIGHT,
             layout={
-                "height": 260,
+                "height": _HIST_HEIGHT,
+                "autosize": True,
                 "margin": {"l": 50, "r": 10, "t": 10, "b": 50},
                 "xaxis": {"title": {"text": state.score_field or "score"}},
                 "yaxis": {"title": {"text": "samples"}},
@@ -327,6 +656,7 @@ class HardnessPanel(foo.Panel):
             on_click=self.on_histogram_click,
             on_selected=self.on_histogram_select,
         )
+        panel.md(_HIST_HELP, name="histogram_help")
 
     def _render_actions(self, panel, state):
         """Save / show the flagged samples, reset the view, and open the
@@ -355,11 +685,88 @@ class HardnessPanel(foo.Panel):
                 on_click=self.on_open_saved_view,
             )
 
+    def _render_review(self, panel, state):
+        """The review card: progress, the current sample with the run's
+        predicted class prefilled, one button per verdict, and the next
+        samples of the queue."""
+        lines = ["### Review flagged samples"]
+        if state.review_progress:
+            lines.append("**%s**" % state.review_progress)
+        if state.review_status:
+            lines.append(state.review_status)
+        panel.md("\n\n".join(lines), name="review_header")
+        item = state.review_item
+        if not item:
+            panel.md(
+                "Every flagged sample of this run is reviewed.",
+                name="review_done",
+            )
+            return
+        panel.md(_item_markdown(item), name="review_item_text")
+        choices = types.DropdownView()
+        for label in state.review_classes or []:
+            if label != item.get("label"):
+                choices.add_choice(label, label=label)
+        panel.enum(
+            "correct_class",
+            choices.values(),
+            default=state.correct_class,
+            label="Correct class (prefilled with the run's prediction)",
+            view=choices,
+            on_change=self.on_review_class,
+        )
+        buttons = panel.h_stack("review_actions", gap=2)
+        buttons.btn(
+            "review_wrong",
+            label="Wrong: it is %s" % (state.correct_class or "..."),
+            variant="contained",
+            on_click=self.on_review_wrong,
+        )
+        buttons.btn(
+            "review_right",
+            label="Right: %s" % item.get("label"),
+            variant="outlined",
+            on_click=self.on_review_right,
+        )
+        buttons.btn("review_skip", label="Skip", on_click=self.on_review_skip)
+        buttons.btn(
+            "review_open",
+            label="Open sample",
+            on_click=self.on_review_open,
+        )
+        buttons.btn(
+            "review_start",
+            label="Show queue in grid",
+            on_click=self.on_review_start,
+        )
+        if state.review_error:
+            panel.view(
+                "review_error_box",
+                types.Error(
+                    label="Not recorded", description=state.review_error
+                ),
+            )
+        elif state.review_message:
+            panel.md(state.review_message, name="review_message_text")
+        if state.review_queue:
+            table = types.TableView(on_click_row=self.on_queue_row_click)
+            table.add_column("label", label="Label")
+            table.add_column("predicted", label="Predicted")
+            table.add_column("score", label="Score")
+            table.add_column("disagreement", label="Neighbours disagreeing")
+            panel.list(
+                "review_queue",
+                types.Object(),
+                view=table,
+                label="Next in the queue (click a row to review it now)",
+            )
+
     def _render_flagged_table(self, panel):
         table = types.TableView(on_click_row=self.on_row_click)
         table.add_column("label", label="Label")
         table.add_column("predicted", label="Predicted")
         table.add_column("score", label="Score")
+        table.add_column("review", label="Review")
         panel.list(
             "flagged_table",
             types.Object(),
@@ -367,33 +774,216 @@ class HardnessPanel(foo.Panel):
             label="Hardest flagged samples (click a row to select it)",
         )
 
-    def _render_agreement(self, panel):
+    def _render_agreement(self, panel, state):
+        choices = types.DropdownView(multiple=True)
+        for name in state.agreement_choices:
+            choices.add_choice(name, label=name)
+        panel.list(
+            "agreement_series",
+            types.String(),
+            default=state.agreement_series,
+            label="Scores to compare",
+            view=choices,
+            on_change=self.on_change_agreement,
+        )
+        count = len(state.agreement_series or [])
+        if count < 2:
+            panel.md(
+                "Pick two or more scores to see how they agree.",
+                name="agreement_hint",
+            )
+            return
+        height = 120 + 36 * count
         panel.plot(
             "agreement",
-            label="Agreement between runs (Spearman rank correlation)",
+            label="Agreement between the scores picked",
             config=_PLOT_CONFIG,
+            height=height,
             layout={
-                "height": 320,
-                "margin": {"l": 120, "r": 10, "t": 10, "b": 120},
+                "height": height,
+                "autosize": True,
+                "margin": {"l": 140, "r": 10, "t": 10, "b": 120},
             },
         )
+        panel.md(_AGREEMENT_HELP, name="agreement_help")
+
+
+class _Buffered(object):
+    """A panel's state or data whose writes are collected and sent with
+    one patch (:meth:`flush`); reads see them at once.
+
+    Args:
+        ref: the ``PanelRefState`` or ``PanelRefData``
+        patch: ``ctx.ops.patch_panel_state`` or ``patch_panel_data``
+    """
+
+    def __init__(self, ref, patch):
+        object.__setattr__(self, "_ref", ref)
+        object.__setattr__(self, "_patch", patch)
+        object.__setattr__(self, "_updates", {})
+
+    def set(self, key, value=None):
+        # top-level keys only: this panel sets no nested path
+        updates = key if isinstance(key, dict) else {key: value}
+        self._ref._data.update(updates)
+        self._updates.update(updates)
+
+    def get(self, key, default=None):
+        return self._ref.get(key, default)
+
+    def clear(self):
+        self._updates.clear()
+        self._ref.clear()
+
+    def flush(self):
+        if self._updates:
+            self._patch(dict(self._updates))
+            self._updates.clear()
+
+    def __setattr__(self, key, value):
+        self.set(key, value)
+
+    def __getattr__(self, key):
+        return self.get(key)
+
+
+def _choose_run(state, runs):
+    """Sets ``state.runs`` (keys, newest first), ``state.run_list`` (their
+    details) and the run shown: the one shown before, followed
+    through a rename; a run that appeared since the last look (the newest
+    of them); else the newest run."""
+    known = {r["id"] for r in (state.run_list or [])}
+    by_id = {r["id"]: r for r in runs}
+    keys = [r["key"] for r in runs]
+    new = [r for r in runs if r["id"] not in known]
+    current = None
+    if state.run_id in by_id:
+        current = by_id[state.run_id]["key"]  # survives a rename
+    elif state.run_key in keys and state.run_id is None:
+        current = state.run_key  # chosen in the dropdown
+    if state.run_list and new:
+        current = new[0]["key"]  # a new run: show it
+    if current is None and runs:
+        current = runs[0]["key"]
+    state.run_list = runs
+    state.runs = keys
+    if current != state.run_key:
+        state.review_id = None
+        state.review_skipped = []
+    state.run_key = current
+    state.run_id = next((r["id"] for r in runs if r["key"] == current), None)
+
+
+def _run_label(run):
+    when = run.get("timestamp") or ""
+    try:
+        when = datetime.datetime.fromisoformat(when).strftime("%Y-%m-%d %H:%M")
+    except ValueError:
+        pass
+    return "%s (%s, %s)" % (run["key"], run.get("method") or "?", when)
+
+
+def _prefill(item):
+    """The class to prefill: the run's prediction when it differs from
+    the label."""
+    if not item:
+        return None
+    predicted = item.get("predicted")
+    if predicted is not None and predicted != item.get("label"):
+        return predicted
+    return None
+
+
+def _progress_text(progress, num_skipped):
+    text = "%d of %d reviewed" % (progress["reviewed"], progress["total"])
+    if progress["reviewed"]:
+        text += " (%d wrong, %d right)" % (
+            progress["wrong"],
+            progress["right"],
+        )
+    if num_skipped:
+        text += "; %d skipped" % num_skipped
+    return text
+
+
+def _item_markdown(item):
+    lines = [
+        "| Now reviewing | |",
+        "|---|---|",
+        "| Label | **%s** |" % item["label"],
+    ]
+    if item.get("predicted") is not None:
+        lines.append("| Run's prediction | %s |" % item["predicted"])
+    lines.append("| Score | %s |" % item.get("score"))
+    if item.get("disagreement") is not None:
+        lines.append(
+            "| Neighbours with another label | %.0f%% |"
+            % (100 * item["disagreement"])
+        )
+    lines.append("| Sample | `%s` |" % item["id"])
+    return "\n".join(lines)
 
 
 def _load_class_chart(ctx, results, score):
-    classes = (
-        run_views.class_difficulty(ctx.dataset, results, score)
+    """The class bars on an axis fitted to the data: each bar rises from
+    just below the easiest class to its mean score, so the hardest class
+    has the tallest bar whatever the score's sign."""
+    rows = (
+        run_views.class_table(ctx.dataset, results, score)
         if score is not None
         else []
     )
+    values = [r["score"] for r in rows]
+    lo, hi = run_views.fitted_range(values)
+    ctx.panel.state.class_range = [lo, hi] if rows else None
     ctx.panel.data.class_chart = [
         {
             "type": "bar",
-            "x": [c for c, _ in classes],
-            "y": [v for _, v in classes],
+            "x": [r["class"] for r in rows],
+            "y": [v - lo for v in values],
+            "base": lo,
+            "customdata": [
+                [
+                    r["score"],
+                    "-" if r["flagged"] is None else r["flagged"],
+                    r["total"],
+                    (
+                        "-"
+                        if r["noise"] is None
+                        else "%.1f%%" % (100 * r["noise"])
+                    ),
+                ]
+                for r in rows
+            ],
             "marker": {"color": _BAR_COLOR},
-            "hovertemplate": "class %{x}: %{y:.3f}<extra></extra>",
+            "hovertemplate": "class %{x}: mean score %{customdata[0]:.3f}"
+            "<br>flagged %{customdata[1]} of %{customdata[2]} "
+            "(noise estimate %{customdata[3]})<extra></extra>",
         }
     ]
+
+
+def _class_table_markdown(rows, limit=20):
+    if not rows:
+        return None
+    lines = [
+        "| Class | Mean score | Flagged | Scored | Noise estimate |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows[:limit]:
+        lines.append(
+            "| %s | %.3f | %s | %d | %s |"
+            % (
+                r["class"],
+                r["score"],
+                "-" if r["flagged"] is None else r["flagged"],
+                r["total"],
+                "-" if r["noise"] is None else "%.1f%%" % (100 * r["noise"]),
+            )
+        )
+    if len(rows) > limit:
+        lines.append("| ... %d more classes | | | | |" % (len(rows) - limit))
+    return "\n".join(lines)
 
 
 def _load_histogram(ctx, results, score):
@@ -421,31 +1011,44 @@ def _load_histogram(ctx, results, score):
 
 
 def _load_agreement(ctx):
-    """The Spearman agreement between the scores of every run."""
-    names, matrix, _ = run_views.agreement_matrix(ctx.dataset)
-    ctx.panel.state.has_agreement = bool(names)
-    ctx.panel.data.agreement = (
-        [
-            {
-                "type": "heatmap",
-                "z": matrix,
-                "x": names,
-                "y": names,
-                "zmin": -1,
-                "zmax": 1,
-                "colorscale": "RdBu",
-                "texttemplate": "%{z:.2f}",
-                "hovertemplate": "%{y} vs %{x}: %{z:.3f}<extra></extra>",
-            }
+    """The Spearman agreement between the scores the user picked (by
+    default the main score of each run, at most
+    :data:`AGREEMENT_DEFAULT_SERIES`)."""
+    state = ctx.panel.state
+    names = [n for n, _ in run_views.agreement_series(ctx.dataset)]
+    state.agreement_choices = names if len(names) >= 2 else []
+    picked = [n for n in (state.agreement_series or []) if n in names]
+    if state.agreement_series is None or (
+        not picked and state.agreement_series
+    ):
+        main = [n for n in names if "." not in n]
+        picked = (main + [n for n in names if "." in n])[
+            :AGREEMENT_DEFAULT_SERIES
         ]
-        if names
-        else []
-    )
+    state.agreement_series = picked
+    state.has_agreement = len(picked) >= 2
+    if len(picked) < 2:
+        ctx.panel.data.agreement = []
+        return
+    shown, matrix, _ = run_views.agreement_matrix(ctx.dataset, series=picked)
+    ctx.panel.data.agreement = [
+        {
+            "type": "heatmap",
+            "z": matrix,
+            "x": shown,
+            "y": shown,
+            "zmin": -1,
+            "zmax": 1,
+            "colorscale": "RdBu",
+            "texttemplate": "%{z:.2f}",
+            "hovertemplate": "%{y} vs %{x}: %{z:.3f}<extra></extra>",
+        }
+    ]
 
 
 def _figures_markdown(results, score=None, samples=None):
-    rows = run_views.run_figures(results, score, samples)
-    lines = ["| Figure | Value |", "|---|---|"]
-    for label, value in rows:
-        lines.append("| %s | %s |" % (label, value))
+    rows = run_views.explained_figures(results, score, samples)
+    lines = ["| Figure | Value | What it means |", "|---|---|---|"]
+    for label, value, meaning in rows:
+        lines.append("| %s | %s | %s |" % (label, value, meaning))
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 Shared pytest setup: an isolated FiftyOne database for the whole test session
 (real MongoDB started by FiftyOne, never a mock), and small real datasets.
 """
+
 import os
 import uuid
 
@@ -11,7 +12,9 @@ import uuid
 # names a test database.
 TEST_DB_PREFIX = "fiftyone_hardness_tests_"
 if not os.environ.get("FIFTYONE_DATABASE_NAME", "").startswith(TEST_DB_PREFIX):
-    os.environ["FIFTYONE_DATABASE_NAME"] = TEST_DB_PREFIX + uuid.uuid4().hex[:8]
+    os.environ["FIFTYONE_DATABASE_NAME"] = (
+        TEST_DB_PREFIX + uuid.uuid4().hex[:8]
+    )
 os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
 os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
 
@@ -19,7 +22,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 SHARED_DATA = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data"
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "..",
+    "shared",
+    "data",
 )
 
 
@@ -50,8 +56,11 @@ def digits_dataset():
     from fiftyone_hardness import demo
 
     return demo.load_digits_dataset(
-        name="hardness-test-digits", noise_rate=0.2, noise_kind="symmetric",
-        seed=0, overwrite=True,
+        name="hardness-test-digits",
+        noise_rate=0.2,
+        noise_kind="symmetric",
+        seed=0,
+        overwrite=True,
     )
 
 

@@ -12,6 +12,7 @@ Prints "ready" once imports are done (so that kills land in the writes, not
 in the imports), then one line per finished action. ``HardnessError`` (a
 refused action, e.g. "undo them first") is expected and printed, not fatal.
 """
+
 import os
 import sys
 

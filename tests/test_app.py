@@ -198,7 +198,8 @@ def test_panel_data_and_events(two_runs):
     ctx = FakePanelContext(dataset)
     panel.on_load(ctx)
     state, data = ctx.panel.state, ctx.panel.data
-    assert state.runs == ["first", "second"]
+    # newest first, the newest shown
+    assert state.runs == ["second", "first"]
     assert state.run_key == "second"
     assert "Flagged" in state.figures and "Threshold" in state.figures
     results = dataset.load_run_results("second")
@@ -269,13 +270,315 @@ def test_panel_without_runs_and_with_a_demo_run(digits):
     assert "No hardness runs yet" in rendered
 
     results = add_demo_run(digits)
-    panel.on_refresh(ctx)
+    # the timer's poll finds it: no Refresh
+    panel.on_poll(ctx)
     assert ctx.panel.state.run_key == results.key
     figures = dict(run_views.run_figures(results))
     assert figures["Samples scored"] == len(digits)
     if results.method == "rer":
         assert "Dataset difficulty (chi_avg)" in ctx.panel.state.figures
         assert "Estimated noise rate" in ctx.panel.state.figures
+        assert "on a 0 easy to 1 hard scale" in ctx.panel.state.figures
+        assert "(no noise) and 1 (random labels)" in ctx.panel.state.figures
+
+
+# ------------------------------------------------------------ live panel
+
+
+def _panel_event(uri, dataset, method, state):
+    result = foo.execute_operator(
+        uri,
+        dict(
+            dataset=dataset,
+            params={
+                "__method__": method,
+                "panel_id": "test-panel",
+                "panel_state": state,
+            },
+        ),
+    )
+    assert result.error is None, result.error
+    return [(r.operator_uri, r.params) for r in result.executor._requests]
+
+
+def test_panel_events_send_one_patch_and_idle_polls_nothing(plugin, two_runs):
+    uri = "%s/%s" % (plugin, "hardness_panel")
+    requests = _panel_event(uri, two_runs, "on_load", {})
+    names = [name for name, _ in requests]
+    # the App re-renders the panel once per patch: one of each, then the
+    # layout
+    assert names == [
+        "patch_panel_state",
+        "patch_panel_data",
+        "show_panel_output",
+    ]
+    state = requests[0][1]["state"]
+    assert state["run_key"] == "second"
+    layout = json.dumps(requests[-1][1])
+    assert "TimerView" in layout and "on_poll" in layout
+
+    # the timer's poll with nothing changed: no request at all
+    assert _panel_event(uri, two_runs, "on_poll", state) == []
+
+    # a new run: the poll loads it
+    two_runs.apply_hardness(
+        "centroid", run_key="third", embeddings_field="pixels"
+    )
+    requests = _panel_event(uri, two_runs, "on_poll", state)
+    assert requests[0][1]["state"]["run_key"] == "third"
+
+
+def test_panel_follows_new_renamed_and_deleted_runs(two_runs):
+    dataset = two_runs
+    panel = HardnessPanel()
+    ctx = FakePanelContext(dataset)
+    panel.on_load(ctx)
+    state = ctx.panel.state
+    assert state.run_key == "second"
+
+    # nothing changed: the poll reloads nothing
+    state.figures = "untouched"
+    panel.on_poll(ctx)
+    assert state.figures == "untouched"
+
+    # a run computed elsewhere appears and is shown, newest first
+    dataset.apply_hardness(
+        "centroid", run_key="a_third", embeddings_field="pixels"
+    )
+    panel.on_poll(ctx)
+    assert state.runs == ["a_third", "second", "first"]
+    assert state.run_key == "a_third"
+    assert "a_third (centroid," in json.dumps(panel.render(ctx).to_json())
+
+    # the user picks an older run: a poll keeps it
+    ctx.params = {"value": "first"}
+    panel.on_change_run(ctx)
+    panel.on_poll(ctx)
+    assert state.run_key == "first"
+
+    # renamed: the panel follows it
+    dataset.rename_run("first", "first_renamed")
+    panel.on_poll(ctx)
+    assert state.run_key == "first_renamed"
+    assert state.score_field == "first_renamed_score"
+
+    # deleted: the panel falls back to the newest run, and its bars work
+    dataset.delete_run("first_renamed")
+    panel.on_poll(ctx)
+    assert state.runs == ["a_third", "second"]
+    assert state.run_key == "a_third"
+    ctx.params = {"x": ctx.panel.data.class_chart[0]["x"][0]}
+    panel.on_class_click(ctx)
+    assert len(_last_view(ctx)) > 0
+
+
+def test_panel_marks_a_run_stale_when_its_labels_change(two_runs):
+    dataset = two_runs
+    panel = HardnessPanel()
+    ctx = FakePanelContext(dataset)
+    panel.on_load(ctx)
+    state = ctx.panel.state
+    assert state.stale is None
+    results = dataset.load_run_results("second")
+    assert results.labels_digest  # stored by apply_hardness
+
+    sample = dataset.first()
+    old = sample.ground_truth.label
+    sample.ground_truth.label = "0" if old != "0" else "1"
+    sample.save()
+    panel.on_poll(ctx)
+    assert "changed since this run" in state.stale
+    assert "Stale run" in json.dumps(panel.render(ctx).to_json())
+    # the label restored: the run describes the labels again
+    sample.ground_truth.label = old
+    sample.save()
+    panel.on_poll(ctx)
+    assert state.stale is None
+
+
+def test_class_view_is_hardest_first_on_a_fitted_axis(two_runs):
+    dataset = two_runs
+    results = dataset.load_run_results("second")
+    rows = run_views.class_table(dataset, results)
+    assert [r["score"] for r in rows] == sorted(
+        [r["score"] for r in rows], reverse=True
+    )
+    flags = dataset.match(F("second_flag") == True)  # noqa: E712
+    for r in rows:
+        label = F("ground_truth.label") == r["class"]
+        assert r["flagged"] == len(flags.match(label))
+        assert r["total"] == len(dataset.match(label))
+        assert r["noise"] == pytest.approx(r["flagged"] / r["total"], 1e-3)
+
+    panel = HardnessPanel()
+    ctx = FakePanelContext(dataset)
+    panel.on_load(ctx)
+    bars = ctx.panel.data.class_chart[0]
+    lo, hi = ctx.panel.state.class_range
+    scores = [r["score"] for r in rows]
+    # the axis hugs the data (not from 0) and each bar rises from its
+    # bottom to the class's mean score: the hardest class is the tallest
+    assert lo > 0 and lo < min(scores) and hi > max(scores)
+    assert bars["base"] == lo
+    assert [b + lo for b in bars["y"]] == pytest.approx(scores)
+    assert bars["y"][0] == max(bars["y"])
+    assert bars["customdata"][0][1] == rows[0]["flagged"]
+    assert "Noise estimate" in ctx.panel.state.class_table
+    assert "Samples flagged as likely mislabeled: " in ctx.panel.state.figures
+
+
+def test_fitted_range_fits_negative_and_flat_scores():
+    # dynamics-like scores: all negative, the hardest is the highest
+    lo, hi = run_views.fitted_range([-3.0, -5.0, -4.0])
+    assert -5.0 > lo > -6.0 and -3.0 < hi < -2.0
+    heights = [v - lo for v in (-3.0, -4.0, -5.0)]
+    assert heights == sorted(heights, reverse=True) and min(heights) > 0
+    lo, hi = run_views.fitted_range([0.95, 0.95])
+    assert lo < 0.95 < hi
+
+
+def test_agreement_compares_the_scores_the_user_picks(two_runs):
+    dataset = two_runs
+    dataset.apply_hardness(
+        "centroid", run_key="third", embeddings_field="pixels"
+    )
+    panel = HardnessPanel()
+    ctx = FakePanelContext(dataset)
+    panel.on_load(ctx)
+    state = ctx.panel.state
+    assert state.agreement_choices == ["first", "second", "third"]
+    assert state.agreement_series == ["first", "second", "third"]
+    assert len(ctx.panel.data.agreement[0]["z"]) == 3
+
+    ctx.params = {"value": ["first", "third"]}
+    panel.on_change_agreement(ctx)
+    assert ctx.panel.data.agreement[0]["x"] == ["first", "third"]
+    rendered = json.dumps(panel.render(ctx).to_json())
+    assert "Scores to compare" in rendered
+
+    ctx.params = {"value": ["first"]}
+    panel.on_change_agreement(ctx)
+    assert not state.has_agreement
+    assert "Pick two or more" in json.dumps(panel.render(ctx).to_json())
+
+
+# ---------------------------------------------------------------- review
+
+
+def test_review_queue_in_the_panel(two_runs):
+    from fiftyone_hardness.dataset_io import review, review_queue
+
+    review_queue.clear_cache()
+    dataset = two_runs
+    panel = HardnessPanel()
+    ctx = FakePanelContext(dataset)
+    panel.on_load(ctx)
+    state = ctx.panel.state
+    results = dataset.load_run_results("second")
+    flagged = run_views.flagged_view(dataset, results)
+    total = len(flagged)
+    assert state.review_progress == "0 of %d reviewed" % total
+    # no graph is built before the first verdict
+    assert "your first verdict starts building" in state.review_status
+
+    # hardest first; the run's prediction is prefilled
+    first = state.review_item
+    assert first["id"] == flagged.first().id
+    if first["predicted"] != first["label"]:
+        assert state.correct_class == first["predicted"]
+    rendered = json.dumps(panel.render(ctx).to_json())
+    assert "Wrong: it is" in rendered and "Skip" in rendered
+
+    # "wrong, it is X": recorded through dataset_io.review
+    other = next(c for c in state.review_classes if c != first["label"])
+    ctx.params = {"value": other}
+    panel.on_review_class(ctx)
+    panel.on_review_wrong(ctx)
+    sample = dataset[first["id"]]
+    assert sample.ground_truth_reviewed.verdict == "wrong"
+    assert sample.ground_truth_reviewed.label == other
+    assert state.review_progress == "1 of %d reviewed (1 wrong, 0 right)" % (
+        total
+    )
+    assert state.review_item["id"] != first["id"]
+    assert "it is %s" % other in state.review_message
+    row = next(r for r in state.flagged_table if r["id"] == first["id"])
+    assert row["review"] == "wrong -> %s" % other
+    # the grid shows the queue, the current sample selected
+    name, args, _ = ctx.ops.calls[-1]
+    assert name == "set_selected_samples"
+    assert args[0] == [state.review_item["id"]]
+
+    # "right"
+    second = state.review_item
+    panel.on_review_right(ctx)
+    assert dataset[second["id"]].ground_truth_reviewed.verdict == "right"
+    assert state.review_progress.startswith("2 of %d reviewed" % total)
+
+    # "skip": it goes to the end of the queue, nothing is recorded
+    third = state.review_item
+    panel.on_review_skip(ctx)
+    assert state.review_item["id"] != third["id"]
+    assert (
+        not dataset[third["id"]].has_field("ground_truth_reviewed")
+        or dataset[third["id"]].ground_truth_reviewed is None
+    )
+    assert "1 skipped" in state.review_progress
+
+    # "wrong" without a class: refused, with a visible error
+    state.correct_class = None
+    current = state.review_item["id"]
+    panel.on_review_wrong(ctx)
+    assert "Pick the correct class" in state.review_error
+    assert state.review_item["id"] == current
+    assert ctx.ops.calls[-1][0] == "notify"
+
+    # the sample view opens on the current sample
+    panel.on_review_open(ctx)
+    assert ctx.ops.calls[-1] == ("open_sample", (), {"id": current})
+
+    # a review made elsewhere (the review_label operator) shows on the poll
+    review.mark_label_right(dataset, current)
+    panel.on_poll(ctx)
+    assert state.review_progress.startswith("3 of %d reviewed" % total)
+    assert state.review_item["id"] != current
+
+
+def test_review_queue_reranks_after_a_batch(two_runs):
+    from fiftyone_hardness.dataset_io import review_queue
+    from fiftyone_hardness.methods.reranking import DEFAULT_BATCH
+
+    review_queue.clear_cache()
+    dataset = two_runs
+    results = dataset.load_run_results("second")
+    queue = review_queue.get_queue(dataset, results, background=False)
+    assert queue.status == review_queue.READY  # the pixels' graph
+    before = queue.remaining()
+    truth = dict(zip(*dataset.values(["id", "ground_truth_clean.label"])))
+    labels = dict(zip(*dataset.values(["id", "ground_truth.label"])))
+    for sample_id in before[:DEFAULT_BATCH]:
+        if truth[sample_id] != labels[sample_id]:
+            verdict, label = "wrong", truth[sample_id]
+        else:
+            verdict, label = "right", None
+        review_queue.record_verdict(
+            dataset, queue, sample_id, verdict, correct_label=label
+        )
+    assert queue.num_reranks == 1
+    after = queue.remaining()
+    assert set(after) == set(before[DEFAULT_BATCH:])
+    assert after != before[DEFAULT_BATCH:]  # the corrections moved some
+    # the cached queue is the same object, verdicts kept
+    again = review_queue.get_queue(dataset, results)
+    assert again is queue and again.progress()["reviewed"] == DEFAULT_BATCH
+
+    # a review cleared elsewhere puts the sample back in the queue
+    from fiftyone_hardness.dataset_io import review
+
+    review.clear_reviews(dataset, [before[0]])
+    queue = review_queue.get_queue(dataset, results)
+    assert before[0] in queue.remaining()
+    assert queue.progress()["reviewed"] == DEFAULT_BATCH - 1
 
 
 def _two_scores(data, embeddings_field="pixels"):
@@ -597,7 +900,7 @@ def test_consensus_reads_members_through_the_schema(two_runs):
 
 
 def test_consensus_operator_form_and_run(plugin, two_runs):
-    from types import SimpleNamespace
+    from fiftyone.operators.executor import ExecutionContext
 
     from fiftyone_hardness.operators.consensus import ComputeConsensus
 
@@ -606,8 +909,9 @@ def test_consensus_operator_form_and_run(plugin, two_runs):
     dataset.apply_hardness("two_scores", run_key="two")
 
     def form(params):
-        ctx = SimpleNamespace(
-            params=params, view=dataset.view(), dataset=dataset
+        # a real context: the form offers FiftyOne's view target
+        ctx = ExecutionContext(
+            request_params={"dataset_name": dataset.name, "params": params}
         )
         out = ComputeConsensus().resolve_input(ctx).to_json()
         return out["type"]["properties"]

@@ -3,6 +3,7 @@ Odd input gets a clear HardnessError before anything is written (issue 12's
 probes): fields we did not create are never overwritten, nested and frame
 label fields are refused with a hint, degenerate features are refused.
 """
+
 import numpy as np
 import pytest
 
@@ -25,8 +26,9 @@ def test_a_users_vector_field_is_never_overwritten(small):
     user = {i: np.full(8, 7.0) for i in small.values("id")}
     small.set_values("embeddings", user, key_field="id")
     with pytest.raises(HardnessError, match="did not write"):
-        foh.compute_embeddings(small, embeddings_field="embeddings",
-                               image_size=32)
+        foh.compute_embeddings(
+            small, embeddings_field="embeddings", image_size=32
+        )
     kept = small.values("embeddings")
     assert all(np.array_equal(v, np.full(8, 7.0)) for v in kept)
 
@@ -38,8 +40,12 @@ def test_an_interrupted_fill_cannot_be_mixed_with_another_model(small):
 
     with pytest.raises(KeyboardInterrupt):
         foh.compute_embeddings(
-            small, embeddings_field="emb", image_size=32, batch_size=4,
-            write_every=4, progress=interrupt,
+            small,
+            embeddings_field="emb",
+            image_size=32,
+            batch_size=4,
+            write_every=4,
+            progress=interrupt,
         )
     filled = len(small.exists("emb"))
     assert 0 < filled < len(small)
@@ -48,7 +54,10 @@ def test_an_interrupted_fill_cannot_be_mixed_with_another_model(small):
     # ... so another model is refused, even with skip_existing
     with pytest.raises(HardnessError, match="holds efficientnet_lite0"):
         foh.compute_embeddings(
-            small, embeddings_field="emb", model="RN50", pretrained=None,
+            small,
+            embeddings_field="emb",
+            model="RN50",
+            pretrained=None,
             skip_existing=True,
         )
     assert len(small.exists("emb")) == filled
@@ -61,14 +70,18 @@ def test_an_interrupted_fill_cannot_be_mixed_with_another_model(small):
 
 def test_nested_and_frame_label_fields_are_refused_clearly(small):
     small.add_sample_field(
-        "meta", fo.EmbeddedDocumentField, embedded_doc_type=fo.DynamicEmbeddedDocument
+        "meta",
+        fo.EmbeddedDocumentField,
+        embedded_doc_type=fo.DynamicEmbeddedDocument,
     )
     with pytest.raises(HardnessError, match="nested field"):
-        small.apply_hardness("cleanlab", label_field="meta.gt",
-                             embeddings_field="pixels")
+        small.apply_hardness(
+            "cleanlab", label_field="meta.gt", embeddings_field="pixels"
+        )
     with pytest.raises(HardnessError, match="frame field"):
-        small.apply_hardness("cleanlab", label_field="frames.gt",
-                             embeddings_field="pixels")
+        small.apply_hardness(
+            "cleanlab", label_field="frames.gt", embeddings_field="pixels"
+        )
 
 
 def test_degenerate_features_are_refused():

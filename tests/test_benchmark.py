@@ -3,6 +3,7 @@ The benchmark grid (``python -m fiftyone_hardness.benchmarking``): aggregation
 and report on hand-made records, a small real grid on digits (quality,
 files, summary run, the source left untouched), bad input, the operator.
 """
+
 import json
 import os
 
@@ -17,17 +18,27 @@ from fiftyone_hardness.methods.base import HardnessError
 
 
 def _record(hardness, seed, method, auroc, **extra):
-    return dict(hardness=hardness, rate=0.1, seed=seed, method=method,
-                auroc=auroc, seconds=1.0, **extra)
+    return dict(
+        hardness=hardness,
+        rate=0.1,
+        seed=seed,
+        method=method,
+        auroc=auroc,
+        seconds=1.0,
+        **extra,
+    )
 
 
 def test_ranks_and_tables_on_hand_made_records():
     records = [
-        _record("uniform", 0, "a", 0.9), _record("uniform", 0, "b", 0.7),
+        _record("uniform", 0, "a", 0.9),
+        _record("uniform", 0, "b", 0.7),
         _record("uniform", 0, "c", 0.7),
-        _record("uniform", 1, "a", 0.8), _record("uniform", 1, "b", 0.6),
+        _record("uniform", 1, "a", 0.8),
+        _record("uniform", 1, "b", 0.6),
         _record("uniform", 1, "c", None),
-        _record("zoom_shift", 0, "a", 0.4), _record("zoom_shift", 0, "b", 0.6),
+        _record("zoom_shift", 0, "a", 0.4),
+        _record("zoom_shift", 0, "b", 0.6),
         _record("zoom_shift", 0, "c", 0.5),
     ]
     ranks, families = br.mean_ranks(records)
@@ -80,12 +91,16 @@ def test_report_files(tmp_path):
     assert "![AUROC heatmap](auroc_heatmap.png)" in text
     assert "far-OOD = far_ood; mislabeling = uniform." in text
     assert "same injection" not in text  # only said when both are present
-    both = br.summarize_grid([
-        _record(t, 0, m, v) for t in ("uniform", "symmetric")
-        for m, v in (("rer", 0.9), ("loss", 0.6))
-    ])
+    both = br.summarize_grid(
+        [
+            _record(t, 0, m, v)
+            for t in ("uniform", "symmetric")
+            for m, v in (("rer", 0.9), ("loss", 0.6))
+        ]
+    )
     assert "`uniform` and `symmetric` are the same injection" in (
-        br.markdown_report(both, {}))
+        br.markdown_report(both, {})
+    )
     # noise-rate errors are judged on mislabeling types only
     assert summary["noise_rate_abs_error"]["rer"] == {
         "uniform": pytest.approx(0.01)
@@ -97,8 +112,10 @@ def clean_digits():
     from fiftyone_hardness import demo
 
     dataset = demo.load_digits_dataset(
-        name="hardness-test-benchmark-source", noise_rate=0.0,
-        overwrite=True, persistent=False,
+        name="hardness-test-benchmark-source",
+        noise_rate=0.0,
+        overwrite=True,
+        persistent=False,
     )
     yield dataset
     dataset.delete()
@@ -126,8 +143,12 @@ def test_small_grid_on_digits(clean_digits, tmp_path):
     assert len(summary["records"]) == 2 * 2 * 3
     assert {r["num_perturbed"] for r in summary["records"]} == {180}
     auroc = summary["auroc"]
-    print({m: {t: round(v, 3) for t, v in row.items()}
-           for m, row in auroc.items()})
+    print(
+        {
+            m: {t: round(v, 3) for t, v in row.items()}
+            for m, row in auroc.items()
+        }
+    )
     # quality on known mistakes: the k-NN vote and RER find label flips on
     # digit pixels (measured: 0.99+ and 0.98+)
     assert auroc["cleanlab_knn"]["uniform"] >= 0.95
@@ -138,7 +159,8 @@ def test_small_grid_on_digits(clean_digits, tmp_path):
     with open(os.path.join(out, "results.json")) as f:
         saved = json.load(f)
     assert saved["auroc"]["rer"]["uniform"] == pytest.approx(
-        auroc["rer"]["uniform"])
+        auroc["rer"]["uniform"]
+    )
     assert os.path.exists(os.path.join(out, "auroc_heatmap.png"))
     assert "cleanlab_knn" in open(os.path.join(out, "report.md")).read()
 
@@ -155,8 +177,12 @@ def test_small_grid_on_digits(clean_digits, tmp_path):
     assert set(fo.list_datasets()) == before_datasets
 
     with pytest.raises(HardnessError, match="already exists"):
-        fhb.run_benchmark(clean_digits, types=["uniform"],
-                          embeddings_field="pixels", run_key="bench")
+        fhb.run_benchmark(
+            clean_digits,
+            types=["uniform"],
+            embeddings_field="pixels",
+            run_key="bench",
+        )
     clean_digits.delete_run("bench")
 
 
@@ -183,16 +209,24 @@ def test_bad_grids(clean_digits, kwargs, message):
     assert set(fo.list_datasets()) == before
 
 
-def test_operator_runs_a_grid(clean_digits, tmp_path, plugins_dir,
-                              monkeypatch):
+def test_operator_runs_a_grid(
+    clean_digits, tmp_path, plugins_dir, monkeypatch
+):
     from fiftyone_hardness.operators.benchmark import _params
 
     # App paths must lie in an allowed directory (operators/paths.py)
     monkeypatch.setenv("FIFTYONE_HARDNESS_ALLOWED_DIRS", str(tmp_path))
 
-    params = _params({"types": ["uniform"], "props": "0.1", "seeds": "0, 1",
-                      "methods": ["cleanlab_knn"],
-                      "embeddings_field": "pixels", "run_key": "op_bench"})
+    params = _params(
+        {
+            "types": ["uniform"],
+            "props": "0.1",
+            "seeds": "0, 1",
+            "methods": ["cleanlab_knn"],
+            "embeddings_field": "pixels",
+            "run_key": "op_bench",
+        }
+    )
     assert params["props"] == [0.1] and params["seeds"] == [0, 1]
     with pytest.raises(ValueError, match="numbers"):
         _params({"props": "a, b"})
@@ -204,9 +238,15 @@ def test_operator_runs_a_grid(clean_digits, tmp_path, plugins_dir,
         assert uri in [op.uri for op in foo.list_operators()]
         view = clean_digits.take(600, seed=1)  # a view: cloned for the grid
         result = foo.get_operator(uri)(
-            view, label_field="ground_truth", types=["uniform"], props="0.1",
-            seeds="0, 1", methods=["cleanlab_knn"], embeddings_field="pixels",
-            run_key="op_bench", output_dir=str(tmp_path / "out"),
+            view,
+            label_field="ground_truth",
+            types=["uniform"],
+            props="0.1",
+            seeds="0, 1",
+            methods=["cleanlab_knn"],
+            embeddings_field="pixels",
+            run_key="op_bench",
+            output_dir=str(tmp_path / "out"),
         )
         assert result.error is None, result.error
         # a generator operator: its output goes to the App; from Python the
@@ -226,18 +266,29 @@ def test_operator_form(clean_digits):
 
     from fiftyone_hardness.operators.benchmark import RunHardnessBenchmark
 
-    ctx = SimpleNamespace(params={}, view=clean_digits.view(),
-                          dataset=clean_digits)
+    ctx = SimpleNamespace(
+        params={}, view=clean_digits.view(), dataset=clean_digits
+    )
     form = RunHardnessBenchmark().resolve_input(ctx).to_json()
     props = form["type"]["properties"]
-    assert {"label_field", "embeddings_field", "types", "methods", "props",
-            "seeds", "run_key"} <= set(props)
+    assert {
+        "label_field",
+        "embeddings_field",
+        "types",
+        "methods",
+        "props",
+        "seeds",
+        "run_key",
+    } <= set(props)
     offered = [c["value"] for c in props["types"]["view"]["choices"]]
     assert "far_ood" in offered and "human" not in offered
 
     # a dataset without vectors: an error notice instead of the grid form
     bare = clean_digits.select_fields("ground_truth")
     ctx = SimpleNamespace(params={}, view=bare, dataset=clean_digits)
-    props = RunHardnessBenchmark().resolve_input(ctx).to_json()["type"][
-        "properties"]
+    props = (
+        RunHardnessBenchmark()
+        .resolve_input(ctx)
+        .to_json()["type"]["properties"]
+    )
     assert "no_embeddings" in props and "types" not in props

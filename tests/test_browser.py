@@ -8,218 +8,42 @@ hardest class and checks that the grid then holds exactly that class, clicks
 the tallest score-histogram bar and checks that the grid holds that score
 range, clicks a row of the flagged table and checks the selection, saves the
 flagged samples as a view and checks that the App lists it. Screenshots and
-the server log go to ``test-artifacts/``.
+the server log go to ``test-artifacts/``; the fixtures live in
+``browser_helpers.py``.
 """
 
-import os
 import re
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 
-import pytest
-
-import fiftyone as fo
 from fiftyone import ViewField as F
 
 from fiftyone_hardness.dataset_io import run_views
 
-from app_helpers import REPO, add_demo_run, plugin_dir
+from fiftyone_hardness.panels.hardness_panel import QUEUE_VIEW_SIZE
 
-CHROMIUM = os.environ.get("HARDNESS_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = os.path.join(REPO, "test-artifacts")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-quic",
-    "--no-first-run",
-]
-APP_TIMEOUT_MS = 120000
-STEP_TIMEOUT_MS = 60000
-
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(CHROMIUM),
-    reason="Debian's chromium is not installed at %s (make test installs "
-    "it: apt-get install -y chromium)" % CHROMIUM,
+from app_helpers import register_test_method
+import browser_helpers
+from browser_helpers import (
+    OTHER_CHECKOUT,
+    APP_TIMEOUT_MS,
+    STEP_TIMEOUT_MS,
+    Steps,
+    open_app,
+    open_panel,
+    record_timings,
+    requires_chromium,
+    wait_count,
+    wait_until,
 )
 
+# the module-scoped fixtures (pytest finds them by these names)
+app_dataset = browser_helpers.app_dataset
+app_server = browser_helpers.app_server
+browser = browser_helpers.browser
+_Steps = Steps
+_wait_count = wait_count
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url, process, log_path, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(
-                "The App server exited with code %s:\n%s"
-                % (process.returncode, _tail(log_path))
-            )
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    return
-        except Exception:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(
-        "The App server did not answer at %s within %ds:\n%s"
-        % (url, timeout, _tail(log_path))
-    )
-
-
-def _tail(path, n=40):
-    try:
-        with open(path) as f:
-            return "".join(f.readlines()[-n:])
-    except OSError:
-        return "(no log)"
-
-
-@pytest.fixture(scope="module")
-def app_dataset(digits_dataset):
-    dataset = digits_dataset.clone("hardness-browser-test")
-    dataset.persistent = True
-    results = add_demo_run(dataset)
-    yield dataset, results
-    if fo.dataset_exists(dataset.name):
-        fo.delete_dataset(dataset.name)
-
-
-@pytest.fixture(scope="module")
-def app_server(app_dataset, tmp_path_factory):
-    os.makedirs(ARTIFACTS, exist_ok=True)
-    for name in os.listdir(ARTIFACTS):
-        if name.startswith("browser-"):
-            os.remove(os.path.join(ARTIFACTS, name))
-    port = _free_port()
-    log_path = os.path.join(ARTIFACTS, "browser-app-server.log")
-    with plugin_dir(tmp_path_factory.mktemp("browser")) as plugins:
-        env = dict(os.environ)
-        env["FIFTYONE_PLUGINS_DIR"] = plugins
-        env["FIFTYONE_DO_NOT_TRACK"] = "true"
-        # the test process started (or found) MongoDB: share it
-        assert env.get("FIFTYONE_PRIVATE_DATABASE_PORT") or env.get(
-            "FIFTYONE_DATABASE_URI"
-        ), "the test process has no database connection to share"
-        with open(log_path, "w") as log:
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "fiftyone.server.main",
-                    "--address",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                ],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-            )
-        try:
-            _wait_http("http://127.0.0.1:%d/" % port, process, log_path)
-            yield "http://127.0.0.1:%d" % port, log_path
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_ARGS,
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-class _Steps(object):
-    """Runs named steps; on failure saves a screenshot and reports the step,
-    the browser console errors and the server log."""
-
-    def __init__(self, page, log_path):
-        self.page = page
-        self.log_path = log_path
-        self.console = []
-        page.on(
-            "console",
-            lambda m: self.console.append("%s: %s" % (m.type, m.text)),
-        )
-        page.on(
-            "pageerror", lambda e: self.console.append("pageerror: %s" % e)
-        )
-
-    def shot(self, name):
-        self.page.wait_for_timeout(1500)  # let the grid draw its images
-        path = os.path.join(ARTIFACTS, "browser-%s.png" % name)
-        self.page.screenshot(path=path)
-        return path
-
-    def run(self, name, function, *args):
-        try:
-            return function(*args)
-        except Exception as e:
-            shot = self.shot("FAILED-" + re.sub(r"\W+", "-", name))
-            errors = [
-                c
-                for c in self.console
-                if c.startswith(("error", "pageerror"))
-                and "ERR_NAME_NOT_RESOLVED" not in c
-            ]
-            raise AssertionError(
-                "Browser step '%s' failed: %s\nscreenshot: %s\nconsole "
-                "errors:\n%s\nserver log:\n%s"
-                % (
-                    name,
-                    e,
-                    shot,
-                    "\n".join(errors[-15:]) or "(none)",
-                    _tail(self.log_path),
-                )
-            ) from e
-
-
-def _count(page):
-    text = page.inner_text("[data-cy=entry-counts]")
-    match = re.search(r"([\d,]+)\s+samples?", text)
-    assert match, "no sample count in %r" % text
-    return int(match.group(1).replace(",", ""))
-
-
-def _wait_count(page, expected, timeout=STEP_TIMEOUT_MS / 1000.0):
-    deadline = time.time() + timeout
-    seen = None
-    while time.time() < deadline:
-        try:
-            seen = _count(page)
-            if seen == expected:
-                return seen
-        except Exception:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(
-        "the grid shows %s samples, expected %d" % (seen, expected)
-    )
+pytestmark = requires_chromium
 
 
 def test_hardness_panel_in_chromium(app_dataset, app_server, browser):
@@ -395,4 +219,232 @@ def test_hardness_panel_in_chromium(app_dataset, app_server, browser):
     steps.shot("saved-view")
     dataset.reload()
     assert name in dataset.list_saved_views()
+    page.close()
+
+
+# ------------------------------------------------------------ issue 13
+
+
+def _plot_heights(content):
+    """The rendered heights (px) of the panel's plotly plots."""
+    return [
+        round(box["height"])
+        for box in (
+            plot.bounding_box()
+            for plot in content.locator(".js-plotly-plot").all()
+        )
+        if box
+    ]
+
+
+def _open(page, url, dataset, steps):
+    timings = {}
+    steps.run("open the App", open_app, page, url, dataset)
+    start = time.perf_counter()
+    content = steps.run("open the Hardness panel", open_panel, page)
+    bars = content.locator(".js-plotly-plot").first.locator(
+        ".barlayer .point path"
+    )
+    steps.run(
+        "class chart drawn",
+        lambda: bars.first.wait_for(state="visible", timeout=STEP_TIMEOUT_MS),
+    )
+    timings["panel_open_s"] = time.perf_counter() - start
+    return content, timings
+
+
+def test_plots_keep_their_height_through_resizes(
+    app_dataset, app_server, browser
+):
+    dataset, _ = app_dataset
+    url, log_path = app_server
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    steps = Steps(page, log_path)
+    content, _ = _open(page, url, dataset, steps)
+
+    def heights_settle():
+        return wait_until(
+            lambda: (lambda h: h if len(h) >= 2 and min(h) > 100 else None)(
+                _plot_heights(content)
+            ),
+            lambda: "plots collapsed: %s" % _plot_heights(content),
+        )
+
+    before = steps.run("plots drawn", heights_settle)
+    for width, height in ((1100, 760), (1600, 1000), (900, 700)):
+        page.set_viewport_size({"width": width, "height": height})
+        page.wait_for_timeout(1500)  # plotly redraws after a resize
+        after = steps.run(
+            "plots after a resize to %dx%d" % (width, height),
+            heights_settle,
+        )
+        for h0, h1 in zip(before, after):
+            assert (
+                abs(h1 - h0) <= 0.1 * h0
+            ), "a plot changed height from %d to %d px at %dx%d" % (
+                h0,
+                h1,
+                width,
+                height,
+            )
+    steps.shot("after-resizes")
+    page.close()
+
+
+def test_new_run_appears_without_refresh(app_dataset, app_server, browser):
+    dataset, _ = app_dataset
+    url, log_path = app_server
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    steps = Steps(page, log_path)
+    content, timings = _open(page, url, dataset, steps)
+
+    register_test_method()
+    dataset.apply_hardness(
+        "centroid", run_key="fresh", embeddings_field="pixels"
+    )
+    start = time.perf_counter()
+
+    def shown():
+        return "fresh (centroid," in content.inner_text()
+
+    steps.run(
+        "the new run is listed and shown, no Refresh",
+        wait_until,
+        shown,
+        "the panel does not list the new run 'fresh'",
+    )
+    timings["new_run_to_panel_s"] = time.perf_counter() - start
+    steps.shot("new-run")
+
+    dataset.delete_run("fresh")
+    steps.run(
+        "the deleted run disappears",
+        wait_until,
+        lambda: "fresh (centroid," not in content.inner_text(),
+        "the panel still lists the deleted run 'fresh'",
+    )
+    record_timings("new_run", timings)
+    page.close()
+
+
+def test_review_from_the_panel(app_dataset, app_server, browser):
+    dataset, results = app_dataset
+    url, log_path = app_server
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    steps = Steps(page, log_path)
+    content, timings = _open(page, url, dataset, steps)
+    progress = re.compile(r"(\d+) of (\d+) reviewed")
+    total = len(run_views.flagged_view(dataset, results))
+
+    def progress_text():
+        return content.get_by_text(progress).first.inner_text()
+
+    def current_id():
+        # the "Now reviewing" table ends with the row "Sample | <id>"
+        match = re.search(r"Sample\s+([0-9a-f]{24})", content.inner_text())
+        assert match, "no sample under review"
+        return match.group(1)
+
+    text = steps.run("progress shown", wait_until, progress_text, "none")
+    assert text.startswith("0 of %d reviewed" % total), text
+    first = steps.run("current sample shown", current_id)
+
+    right = content.get_by_role("button", name=re.compile(r"^Right: "))
+    start = time.perf_counter()
+    steps.run("click Right", right.first.click)
+    steps.run(
+        "the progress counts it",
+        wait_until,
+        lambda: progress_text().startswith("1 of %d reviewed" % total),
+        lambda: "progress still %r" % progress_text(),
+    )
+    timings["verdict_to_queue_s"] = time.perf_counter() - start
+    second = steps.run(
+        "the queue moves on",
+        wait_until,
+        lambda: (lambda i: i if i != first else None)(current_id()),
+        "the current sample did not change",
+    )
+    dataset.reload()
+    assert dataset[first].ground_truth_reviewed.verdict == "right"
+    # the grid shows the queue, current sample first
+    wait_count(page, min(QUEUE_VIEW_SIZE, total - 1))
+    steps.shot("review-right")
+
+    # "wrong, it is X" with the class the run predicts, when it differs
+    wrong = content.get_by_role("button", name=re.compile(r"^Wrong: it is "))
+    label = wrong.first.inner_text().split("it is ", 1)[1].strip()
+    if label != "...":
+        steps.run("click Wrong", wrong.first.click)
+        steps.run(
+            "the progress counts the wrong label",
+            wait_until,
+            lambda: progress_text().startswith(
+                "2 of %d reviewed (1 wrong, 1 right)" % total
+            ),
+            lambda: "progress still %r" % progress_text(),
+        )
+        dataset.reload()
+        review = dataset[second].ground_truth_reviewed
+        assert (review.verdict, review.label) == ("wrong", label)
+    steps.shot("review-wrong")
+    record_timings("review", timings)
+
+    # the App server keeps the view for the next page: reset it
+    reset = content.get_by_role("button", name="Reset view")
+    reset.scroll_into_view_if_needed()
+    reset.click()
+    steps.run("the view is reset", wait_count, page, len(dataset))
+    page.close()
+
+
+def test_timings(app_dataset, app_server, browser):
+    """Times what a user waits for: opening the panel (until the class
+    chart is drawn), a class-bar click until the grid shows that class,
+    and executing "Save flagged as view" until the grid shows the flagged
+    samples. Works against older checkouts too (see
+    ``HARDNESS_BROWSER_CHECKOUT`` in ``browser_helpers.py``), for the
+    before/after figures of ``docs/app.md``."""
+    dataset, results = app_dataset
+    url, log_path = app_server
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    steps = Steps(page, log_path)
+    content, timings = _open(page, url, dataset, steps)
+    classes = run_views.class_difficulty(dataset, results)
+    field = run_views.default_score_field(results)
+    expected = len(
+        dataset.match(
+            F(results.label_field + ".label") == classes[0][0]
+        ).exists(field)
+    )
+    bar = (
+        content.locator(".js-plotly-plot")
+        .first.locator(".barlayer .point path")
+        .first
+    )
+    bar.scroll_into_view_if_needed()
+    box = bar.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.wait_for_timeout(300)
+    start = time.perf_counter()
+    page.mouse.click(x, y)
+    steps.run("class click filters the grid", wait_count, page, expected)
+    timings["chart_click_to_grid_s"] = time.perf_counter() - start
+
+    button = content.get_by_role("button", name="Save flagged as view")
+    button.scroll_into_view_if_needed()
+    start = time.perf_counter()
+    button.click()
+    steps.run(
+        "the grid shows the flagged samples",
+        wait_count,
+        page,
+        results.num_flagged,
+    )
+    timings["save_flagged_to_grid_s"] = time.perf_counter() - start
+    record_timings(
+        "timings-%s" % ("other-checkout" if OTHER_CHECKOUT else "this"),
+        timings,
+    )
     page.close()

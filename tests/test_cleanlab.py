@@ -961,9 +961,7 @@ def test_logits_in_another_class_order_are_refused(tmp_path):
     probs = np.full((n, num_classes), 0.02)
     probs[np.arange(n), labels] = 0.82
     # the columns are stored in reverse class order
-    dataset = _bulk_dataset(
-        "logit-order", labels, probs[:, ::-1], classes
-    )
+    dataset = _bulk_dataset("logit-order", labels, probs[:, ::-1], classes)
     try:
         # each prediction's own label is the true class, the argmax of the
         # columns as read is another: refused with the fix

@@ -3,6 +3,7 @@ The foundation: packaging and plugin registration, the run machinery behind
 ``apply_hardness`` (persistence across processes, overwrite protection,
 cleanup), embeddings and their bad inputs.
 """
+
 import os
 import re
 import subprocess
@@ -45,10 +46,17 @@ registry.register_method("centroid", _centroid_distance, "test method")
 
 def test_package_imports_from_anywhere(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-c", "import fiftyone_hardness.dataset_io.runs as r;"
-         "import fiftyone_hardness as f; print(r.__name__, "
-         "hasattr(f, 'apply_hardness'))"],
-        cwd=str(tmp_path), capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-c",
+            "import fiftyone_hardness.dataset_io.runs as r;"
+            "import fiftyone_hardness as f; print(r.__name__, "
+            "hasattr(f, 'apply_hardness'))",
+        ],
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert out.stdout.split() == ["fiftyone_hardness.dataset_io.runs", "True"]
 
@@ -223,7 +231,9 @@ def test_missing_and_wrong_label_fields(digits):
     sample = digits.first()
     sample["boxes"] = fo.Detections(detections=[])
     sample.save()
-    with pytest.raises(HardnessError, match="holds Detections.*Classification"):
+    with pytest.raises(
+        HardnessError, match="holds Detections.*Classification"
+    ):
         digits.apply_hardness("centroid", label_field="boxes")
     with pytest.raises(HardnessError, match="Unknown hardness method"):
         digits.apply_hardness("nope")
@@ -231,7 +241,9 @@ def test_missing_and_wrong_label_fields(digits):
 
 def test_missing_and_nan_embeddings(digits):
     digits.take(3, seed=1).set_field("pixels", None).save()
-    with pytest.raises(HardnessError, match="3 of 1797 labelled samples have no"):
+    with pytest.raises(
+        HardnessError, match="3 of 1797 labelled samples have no"
+    ):
         digits.apply_hardness("centroid")
     vec = np.full(64, np.nan)
     sample = digits.exists("pixels").first()
@@ -250,7 +262,9 @@ def test_run_key_protection_and_overwrite(digits):
         digits.apply_hardness("centroid")
     with pytest.raises(HardnessError, match="Invalid run key"):
         digits.apply_hardness("centroid", run_key="bad key")
-    digits.apply_hardness("centroid", overwrite=True, embeddings_field="pixels")
+    digits.apply_hardness(
+        "centroid", overwrite=True, embeddings_field="pixels"
+    )
     assert digits.list_runs() == ["centroid"]
     digits.add_sample_field("other_score", fo.FloatField)
     with pytest.raises(HardnessError, match="other_score.*do not belong"):
@@ -289,8 +303,11 @@ print(sorted(f for f in ds.get_field_schema() if f.startswith("renamed")))
 """ % digits.name
     env = dict(os.environ)
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True,
-        env=env, cwd="/",
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd="/",
     )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
@@ -332,21 +349,29 @@ def test_open_clip_local_checkpoint_matches_a_direct_forward(tmp_path, digits):
 
     view = digits.limit(6)
     result = foh.compute_embeddings(
-        view, model="ViT-B-32", pretrained=checkpoint,
-        embeddings_field="clip", batch_size=4, device="cpu",
+        view,
+        model="ViT-B-32",
+        pretrained=checkpoint,
+        embeddings_field="clip",
+        batch_size=4,
+        device="cpu",
     )
     assert result["num_embedded"] == 6
     ours = np.stack(view.values("clip"))
     with torch.no_grad():
         images = torch.stack(
-            [preprocess(Image.open(p).convert("RGB"))
-             for p in view.values("filepath")]
+            [
+                preprocess(Image.open(p).convert("RGB"))
+                for p in view.values("filepath")
+            ]
         )
         direct = model.eval().encode_image(images)
         direct = torch.nn.functional.normalize(direct, dim=-1).numpy()
     assert ours.shape == (6, 512)
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1, atol=1e-5)
-    np.testing.assert_allclose(ours, direct, atol=1e-4)
+    # the default path resizes with torch, within one intensity level of
+    # PIL (tests/test_embeddings.py): ~2e-4 here; other weights: ~0.2
+    np.testing.assert_allclose(ours, direct, atol=2e-3)
     info = foh.api.get_embeddings_info(digits, "clip")
     assert info["pretrained"] == checkpoint and info["dim"] == 512
 

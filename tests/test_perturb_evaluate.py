@@ -410,7 +410,7 @@ def test_image_injection_can_be_rerun_with_overwrite(digits_dataset, tmp_path):
     paths = digits_dataset.values("filepath")
     hashes = _hash_files(paths)
     kwargs = dict(rate=0.05, seed=1, output_dir=out_dir, name="inj-rerun")
-    first = fhp.inject_hardness(digits_dataset, "crop_shift", **kwargs)
+    fhp.inject_hardness(digits_dataset, "crop_shift", **kwargs)
     first_files = set(os.listdir(out_dir))
     try:
         second = fhp.inject_hardness(

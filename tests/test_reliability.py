@@ -15,6 +15,7 @@ After every fault the invariants are checked on the raw database documents:
 CI runs a short version (a few kills of each kind and one race); set
 ``FIFTYONE_HARDNESS_FAULTS=long`` for many more.
 """
+
 import os
 import random
 import signal
@@ -33,8 +34,9 @@ LONG = os.environ.get("FIFTYONE_HARDNESS_FAULTS") == "long"
 KILLS = 30 if LONG else 4
 RACE_ITERATIONS = 30 if LONG else 10
 LEASE = 1.5
-WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                      "fault_worker.py")
+WORKER = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "fault_worker.py"
+)
 CLASSES = [str(c) for c in range(10)]
 
 
@@ -60,8 +62,9 @@ def reviewed(short_lease):
         if i % 3 == 0:
             label["annotator"] = "anna"
             label.tags = ["checked"]
-        samples.append(fo.Sample(filepath="/tmp/fault-%d.png" % i,
-                                 ground_truth=label))
+        samples.append(
+            fo.Sample(filepath="/tmp/fault-%d.png" % i, ground_truth=label)
+        )
     dataset.add_samples(samples)
     for sample in dataset.skip(10).limit(120):
         other = [c for c in CLASSES if c != sample.ground_truth.label]
@@ -247,7 +250,9 @@ def test_kills_during_run_writes_leave_a_loadable_state(scored):
         _check_runs(scored, user)
         # re-running the key is never refused because of a dead run
         scored.apply_hardness(
-            "test_fault_scores", run_key="faulty", progress=False,
+            "test_fault_scores",
+            run_key="faulty",
+            progress=False,
             overwrite=attempt % 2 == 1,
         )
         _check_runs(scored, user)
@@ -267,9 +272,7 @@ def test_same_key_from_two_processes_one_wins(scored):
 
 def test_two_keys_written_at_once_keep_both_schemas(scored):
     user = _user_fields(scored)
-    procs = [
-        _start(scored, "run", 3, run_key=key) for key in ("one", "two")
-    ]
+    procs = [_start(scored, "run", 3, run_key=key) for key in ("one", "two")]
     for proc in procs:
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err
@@ -280,5 +283,7 @@ def test_two_keys_written_at_once_keep_both_schemas(scored):
         assert {key + "_score", key + "_flag", key + "_c29"} <= set(schema)
         scored.delete_run(key)
     scored.reload()
-    assert not [f for f in scored.get_field_schema() if f[:4] in ("one_", "two_")]
+    assert not [
+        f for f in scored.get_field_schema() if f[:4] in ("one_", "two_")
+    ]
     assert _user_fields(scored) == user

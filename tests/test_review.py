@@ -210,9 +210,7 @@ def test_apply_refuses_a_second_round_unless_appending(digits):
         review.mark_label_wrong(digits, sample_id, label)
     with pytest.raises(HardnessError, match="undo them first"):
         review.apply_corrections(digits)
-    assert review.apply_corrections(digits, append=True)[
-        "num_corrected"
-    ] == 3
+    assert review.apply_corrections(digits, append=True)["num_corrected"] == 3
     assert review.undo_corrections(digits)["num_restored"] == 6
     assert _raw(digits) == original
 
@@ -225,7 +223,8 @@ def test_undo_leaves_later_edits_alone(digits):
     # a person fixes one label by hand after the apply
     edited = digits[ids[0]]
     other = next(
-        c for c in map(str, range(10))
+        c
+        for c in map(str, range(10))
         if c not in (edited.ground_truth.label, clean[0])
     )
     edited.ground_truth.label = other

@@ -4,6 +4,7 @@ allows (operators/paths.py): no ``..`` or symlink escapes, no writing or
 reading elsewhere through the benchmark's or the injection's output folder.
 Python callers keep full control.
 """
+
 import os
 
 import pytest

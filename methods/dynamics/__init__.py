@@ -11,6 +11,12 @@ The package, along its seams:
 - :mod:`.models`: the MLP and the small CNN that are trained,
 - :mod:`.recorder`: the training loop and the recorder
   (:class:`TrainingRecord`),
+- :mod:`.members`: the cross-validation models and the Detector's
+  calibration run, trained alongside the main model as one batched model,
+- :mod:`.gradients`: per-sample gradient norms (GraNd) and input gradients
+  (VoG) in closed form,
+- :mod:`.storage`: the recorder's arrays, in memory up to a budget and
+  disk-backed beyond it,
 - :mod:`.cache`: the in-process cache of records, shared by the methods,
 - :mod:`.scores`: the 13 methods, each a class computing a score from a
   record,
@@ -47,8 +53,9 @@ _LAZY = dict(
     train="recorder",
     record_training="recorder",
     predict_probs="recorder",
-    per_sample_grad_norms="recorder",
-    input_gradients="recorder",
+    per_sample_grad_norms="gradients",
+    input_gradients="gradients",
+    vog_variance="gradients",
     margins_of="recorder",
     MLP="models",
     SmallCNN="models",

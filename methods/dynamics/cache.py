@@ -3,6 +3,11 @@ An in-process cache of training records: the 13 methods (and each single
 method run alone) share one recorded training of the same data and setup,
 so running ``"aum"`` after ``"dynamics"`` trains nothing. See
 ``docs/methods.md`` section 3.
+
+The cache keeps at most 4 records, and older records only while all of
+them together hold no more memory than the newest one's
+``memory_budget_mb`` (memory-mapped arrays do not count): a large record
+evicts the others rather than multiplying the recorder's peak.
 """
 
 import collections
@@ -31,7 +36,8 @@ def training_key(X, labels, num_classes, config, device):
     h = hashlib.sha1()
     X = np.ascontiguousarray(X)
     h.update(str(X.shape).encode())
-    h.update(X.tobytes())
+    # the buffer itself: X.tobytes() would copy the whole array first
+    h.update(memoryview(X).cast("B"))
     h.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
     h.update(
         json.dumps(
@@ -95,9 +101,22 @@ def get_record(
     if use_cache:
         _RECORD_CACHE[key] = record
         _RECORD_CACHE.move_to_end(key)
-        while len(_RECORD_CACHE) > _CACHE_SIZE:
-            _RECORD_CACHE.popitem(last=False)
+        _evict(config.memory_budget_mb * float(1 << 20))
     return record, False
+
+
+def _evict(budget):
+    """Drops the oldest records while there are more than
+    :data:`_CACHE_SIZE` or they hold more than ``budget`` bytes (the newest
+    record always stays)."""
+
+    def total():
+        return sum(r.nbytes_in_memory() for r in _RECORD_CACHE.values())
+
+    while len(_RECORD_CACHE) > 1 and (
+        len(_RECORD_CACHE) > _CACHE_SIZE or total() > budget
+    ):
+        _RECORD_CACHE.popitem(last=False)
 
 
 def clear_cache():

@@ -68,6 +68,7 @@ _NOT_TRAINING = (
     "device",
     "use_cache",
     "methods",
+    "memory_budget_mb",
 )
 
 
@@ -213,6 +214,24 @@ class SingleDynamicsConfig(MethodConfig):
         1024,
         "Batch size of the recorder's eval passes",
         minimum=1,
+        form=False,
+    )
+    batched_members: bool = param(
+        True,
+        "Train the cross-validation models (cleanlab) and the Detector's "
+        "calibration run alongside the main model as one batched model; "
+        "False trains them one after another (same results up to float "
+        "rounding, slower)",
+        form=False,
+    )
+    memory_budget_mb: float = param(
+        2048,
+        "Memory (MiB) the recorder's per-sample arrays (per-epoch logits, "
+        "features, MC-dropout and augmented probabilities, trajectories) "
+        "may hold; the rest go to disk-backed arrays in the temporary "
+        "directory ($TMPDIR). The scores do not depend on it",
+        kind="float",
+        minimum=0,
         form=False,
     )
     device: str = param(

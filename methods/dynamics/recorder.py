@@ -10,19 +10,60 @@ The recorder collects, without changing the model that is trained:
 - per epoch, one eval-mode pass over the unshuffled data: the logits
   (``"logits"``, always), and what the chosen methods declare they need:
   penultimate features after the last epoch (``"features"``), per-sample
-  parameter-gradient norms at an early epoch (``"grand"``, ``torch.func``),
-  input gradients at a few checkpoints (``"vog"``, ``torch.func``), Monte
-  Carlo dropout passes (``"mc_dropout"``) and augmented passes
-  (``"augment"``) after the last epoch,
+  parameter-gradient norms at an early epoch (``"grand"``), input gradients
+  at a few checkpoints (``"vog"``), both in their cheapest exact form
+  (:mod:`fiftyone_hardness.methods.dynamics.gradients`), Monte Carlo
+  dropout passes (``"mc_dropout"``) and augmented passes (``"augment"``)
+  after the last epoch,
 - out-of-sample probabilities of K-fold models trained with the same setup
   (``"cv_probs"``, for confident learning), and the probability
-  trajectories of a calibration run in which a clean-looking subset was
-  flipped on purpose (``"calibration"``, for the Detector).
+  trajectories of a calibration run with labels flipped on purpose
+  (``"calibration"``, for the Detector).
+
+The K-fold models and the calibration run train **alongside** the main
+model, as one batched model stepped once per main minibatch
+(:mod:`fiftyone_hardness.methods.dynamics.members`), so all 13 methods cost
+little more than one training; ``batched_members=False`` trains them one
+after another instead (same results up to float rounding).
 
 Every source of randomness has its own ``torch.Generator``: the training
 shuffles and dropout masks draw from the training generators only, and the
-extra passes never consume them, so the trained weights are identical with
-the recorder on or off (tested).
+extra passes and the auxiliary members never consume them, so the trained
+weights are identical with the recorder on or off (tested).
+
+Memory. The per-sample arrays of a record are allocated by an
+:class:`~fiftyone_hardness.methods.dynamics.storage.ArrayStore`: in memory
+up to ``memory_budget_mb``, disk-backed (``np.memmap``) beyond it, float32
+either way. With N samples, inputs of D_in floats each, K classes, E
+epochs, H hidden units, T MC-dropout and A augmented passes, F folds and a
+chunk of C = ``eval_batch_size`` rows, the peak host memory of a recorded
+training is about::
+
+    4 N D_in                                   the float32 inputs (shared
+                                               by the main model and every
+                                               member; prepare_inputs holds
+                                               up to 2 more copies briefly)
+  + min(R, memory_budget_mb), R = 4 N (E K + E + H + (T + A) K + E + K)
+                                               logits, margins, features,
+                                               MC / augmented probabilities,
+                                               calibration trajectories,
+                                               cross-validated probabilities
+  + 4 N E + 8 N (F + 1)                        the margins while training,
+                                               the members' labels
+  + 8 N (3 E + 8)                              scoring: p_e(y~|x) and the
+                                               Detector's features of both
+                                               runs (float64)
+  + O(C (D_in + H + K) (T + 5))                one chunk of eval passes,
+                                               per-sample gradients, VoG's
+                                               checkpoints (float64)
+  + O(F B (D_in + H + K))                      one batched member step
+                                               (B = batch_size)
+
+and the same inputs, the (E, N) margins and the parameters on the GPU when
+training there. Nothing is N x N, no N x K x E array is ever float64, and
+no N x D_in state is kept across epochs (VoG's input gradients are taken
+after training, a chunk of samples at a time, from copies of the model
+saved at its checkpoints).
 
 The training setup is a
 :class:`fiftyone_hardness.methods.dynamics.config.SingleDynamicsConfig`.
@@ -39,10 +80,25 @@ import torch.nn.functional as F
 
 from fiftyone_hardness.methods.base import HardnessError, select_device
 from fiftyone_hardness.methods.dynamics.config import SingleDynamicsConfig
+from fiftyone_hardness.methods.dynamics.gradients import (  # noqa: F401
+    input_gradients,
+    per_sample_grad_norms,
+    vog_variance,
+)
+from fiftyone_hardness.methods.dynamics.members import (
+    MemberOutputs,
+    MemberSpec,
+    StackedMembers,
+    Unstackable,
+)
 from fiftyone_hardness.methods.dynamics.models import (
     build_model,
     dropouts,
     seeded_generator,
+)
+from fiftyone_hardness.methods.dynamics.storage import (
+    ArrayStore,
+    in_memory_bytes,
 )
 from fiftyone_hardness.methods.validation import check_features
 
@@ -74,6 +130,14 @@ _AUGMENT_SEED = 4
 _FLIP_SEED = 5
 _CALIBRATION_SEED = 1000
 
+#: the floats of training logits buffered before their margins are taken
+_MARGIN_BUFFER = 1 << 20
+
+#: the floats a chunk of a scoring pass over the logits may hold
+_SCORE_CHUNK = 1 << 22
+
+_CALIBRATION_RUN = "calibration run"
+
 
 class TrainingInterrupted(HardnessError):
     """Training stopped before its last epoch (an exception or a keyboard
@@ -83,6 +147,11 @@ class TrainingInterrupted(HardnessError):
 @dataclass
 class TrainingRecord:
     """What the recorder collected during one training run.
+
+    The (E, N, K) and (T, N, K) arrays are float32, in memory or
+    memory-mapped (:mod:`fiftyone_hardness.methods.dynamics.storage`);
+    read them a chunk of samples at a time (:meth:`row_chunks`,
+    :meth:`epoch_probs`), as the methods do.
 
     Attributes:
         labels: (N,) observed labels the model was trained on
@@ -95,15 +164,17 @@ class TrainingRecord:
         grad_norms: (N,) per-sample gradient norms of the loss at
             ``early_index`` (GraNd)
         input_grad_var: (N,) VoG before class normalization: the variance
-            over checkpoints of d z_y~ / d x, averaged over input dims
+            over checkpoints of d log p(y~|x) / d x (or of d z_y~ / d x),
+            averaged over input dims
         mc_probs: (T, N, K) MC-dropout probabilities after the last epoch
         aug_probs: (A, N, K) probabilities of augmented inputs
         cv_probs: (N, K) out-of-sample probabilities of K-fold models
         calib_probs: (E, N) p_e(label) trajectories of the calibration run
-            (labels with ``calib_flipped`` flipped on purpose)
-        calib_flipped: (N,) bool, flipped on purpose in the calibration run
-        calib_clean: (N,) bool, clean-looking and not flipped (the
-            Detector's negatives)
+            (labels flipped on purpose for a random subset)
+        calib_flipped: (N,) bool, the Detector's positives: flipped on
+            purpose in the calibration run and clean-looking in this run
+        calib_clean: (N,) bool, the Detector's negatives: clean-looking
+            and not flipped
         train_accuracy: per epoch, fraction of training forward passes
             whose argmax was the observed label
         eval_accuracy: per epoch, eval-mode accuracy against the observed
@@ -131,6 +202,9 @@ class TrainingRecord:
     eval_accuracy: list = field(default_factory=list)
     needs: frozenset = frozenset()
     config: dict = field(default_factory=dict)
+    _label_probs: Optional[np.ndarray] = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def num_epochs(self):
@@ -138,18 +212,68 @@ class TrainingRecord:
 
     @property
     def probs(self):
-        """(E, N, K) softmax of :attr:`logits`."""
+        """(E, N, K) float64 softmax of :attr:`logits`, all at once: for
+        small records; the methods use :meth:`epoch_probs` and
+        :attr:`label_probs`."""
         return softmax(self.logits, axis=-1)
+
+    def row_chunks(self, floats_per_row=None):
+        """Slices of rows, each a chunk whose (E, rows, K) logits hold
+        about 4M floats at most."""
+        n = len(self.labels)
+        per_row = floats_per_row or self.num_epochs * self.num_classes
+        size = max(1, _SCORE_CHUNK // max(int(per_row), 1))
+        return [slice(s, min(s + size, n)) for s in range(0, n, size)]
+
+    def epoch_probs(self, epoch, rows=slice(None)):
+        """(rows, K) float64 softmax of the logits of epoch ``epoch``."""
+        return softmax(self.logits[epoch, rows], axis=-1)
 
     @property
     def label_probs(self):
-        """(E, N) eval-mode probability of the observed label per epoch."""
-        n = len(self.labels)
-        return self.probs[:, np.arange(n), self.labels]
+        """(E, N) float64 eval-mode probability of the observed label per
+        epoch (computed once, a chunk of samples at a time)."""
+        if self._label_probs is None:
+            e, n = self.logits.shape[:2]
+            out = np.empty((e, n), dtype=np.float64)
+            for rows in self.row_chunks():
+                z = np.asarray(self.logits[:, rows], dtype=np.float64)
+                z = z - z.max(axis=-1, keepdims=True)
+                ez = np.exp(z)
+                own = np.take_along_axis(
+                    ez, self.labels[rows][None, :, None], axis=-1
+                )[..., 0]
+                out[:, rows] = own / ez.sum(axis=-1)
+            self._label_probs = out
+        return self._label_probs
+
+    def learned(self):
+        """(E, N) bool: whether the eval argmax is the observed label."""
+        out = np.empty(self.logits.shape[:2], dtype=bool)
+        for rows in self.row_chunks():
+            out[:, rows] = (
+                np.asarray(self.logits[:, rows]).argmax(-1)
+                == self.labels[rows][None]
+            )
+        return out
+
+    def nbytes_in_memory(self):
+        """The bytes of this record's arrays held in memory (not counting
+        memory-mapped ones)."""
+        return in_memory_bytes(
+            self.logits,
+            self.margins,
+            self.features,
+            self.mc_probs,
+            self.aug_probs,
+            self.cv_probs,
+            self.calib_probs,
+            self._label_probs,
+        )
 
 
 def softmax(z, axis=-1):
-    """A numerically stable softmax of a numpy array."""
+    """A numerically stable softmax of a numpy array (float64)."""
     z = np.asarray(z, dtype=np.float64)
     z = z - z.max(axis=axis, keepdims=True)
     e = np.exp(z)
@@ -193,7 +317,9 @@ def prepare_inputs(X, config):
         mean = X.mean(axis=axes, keepdims=True)
         std = X.std(axis=axes, keepdims=True)
         std[std < 1e-6] = 1.0
-        X = (X - mean) / std
+        # a new array (the caller's is not changed), divided in place
+        X = X - mean
+        X /= std
     return np.ascontiguousarray(X, dtype=np.float32)
 
 
@@ -237,7 +363,42 @@ def train(
         TrainingInterrupted: when the loop is interrupted or fails
     """
     config = config or SingleDynamicsConfig()
-    device = select_device(device)
+    model, rec, _ = _fit(
+        X,
+        labels,
+        num_classes,
+        config,
+        needs,
+        select_device(device),
+        progress,
+        record,
+        progress_span,
+        ArrayStore(config.memory_budget_mb),
+    )
+    return model, rec
+
+
+def _fit(
+    X,
+    labels,
+    num_classes,
+    config,
+    needs,
+    device,
+    progress,
+    record,
+    progress_span,
+    store,
+    members_of=None,
+):
+    """:func:`train`, with the store of the record's arrays and
+    ``members_of(X_t)``, a callable returning the
+    :class:`~fiftyone_hardness.methods.dynamics.members.StackedMembers` to
+    step along (None: no members). Returns ``(model, record, members)``.
+
+    Raises:
+        Unstackable: from ``members_of``, before the first step
+    """
     labels = np.asarray(labels, dtype=np.int64)
     model = build_model(config, X.shape[1:], num_classes, device)
     optimizer = torch.optim.Adam(
@@ -253,10 +414,11 @@ def train(
     X_t = torch.from_numpy(X).to(device)
     y_t = torch.from_numpy(labels).to(device)
     recorder = (
-        _Recorder(model, X_t, y_t, num_classes, config, needs, device)
+        _Recorder(model, X_t, y_t, num_classes, config, needs, device, store)
         if record
         else None
     )
+    members = members_of(X_t) if members_of is not None else None
     epochs = int(config.epochs)
     report = _epoch_reporter(progress, progress_span, epochs)
     epoch = 0
@@ -272,24 +434,31 @@ def train(
                     shuffle_gen,
                     recorder,
                     epoch,
+                    members,
                 )
                 if recorder is not None:
                     recorder.on_epoch_end(epoch)
                 report(epoch)
+            if members is not None:
+                # members with more steps than the main model (none with
+                # the built-in ones) finish here
+                members.outputs()
     except (KeyboardInterrupt, Exception) as e:
         if isinstance(e, HardnessError):
             raise
         raise _interrupted(e, epoch, epochs) from e
 
     model.eval()
-    return model, (recorder.finish() if recorder is not None else None)
+    rec = recorder.finish() if recorder is not None else None
+    return model, rec, members
 
 
 def _train_epoch(
-    model, optimizer, X, y, batch_size, shuffle_gen, recorder, epoch
+    model, optimizer, X, y, batch_size, shuffle_gen, recorder, epoch, members
 ):
     """One pass of minibatch updates over the shuffled data; the recorder
-    sees each minibatch's training logits (before its update)."""
+    sees each minibatch's training logits (before its update), and each
+    update of the main model is followed by one of every member."""
     model.train()
     n = len(y)
     order = torch.randperm(n, generator=shuffle_gen).to(X.device)
@@ -302,6 +471,8 @@ def _train_epoch(
         optimizer.step()
         if recorder is not None:
             recorder.on_batch(epoch, idx, logits.detach())
+        if members is not None:
+            members.step()
 
 
 def _epoch_reporter(progress, progress_span, epochs):
@@ -344,12 +515,12 @@ def _deterministic_cudnn():
 class _Recorder(object):
     """Collects a :class:`TrainingRecord` from inside :func:`train`.
 
-    It only reads the model: eval passes run under ``torch.no_grad`` or
-    through ``torch.func`` on detached parameters, and every random draw
-    comes from the recorder's own generators.
+    It only reads the model: eval passes run under ``torch.no_grad``,
+    gradients go to activations and inputs (never to ``.grad``), and every
+    random draw comes from the recorder's own generators.
     """
 
-    def __init__(self, model, X, y, num_classes, config, needs, device):
+    def __init__(self, model, X, y, num_classes, config, needs, device, store):
         self.model = model
         self.X = X
         self.y = y
@@ -360,23 +531,30 @@ class _Recorder(object):
         if unknown:
             raise HardnessError("Unknown recorder needs %s" % sorted(unknown))
         self.device = device
+        self.store = store
         n = len(y)
         e = int(config.epochs)
-        # (E, N, K) lives in host memory: one copy per epoch
-        self.logits = np.empty((e, n, num_classes), dtype=np.float32)
+        self.logits = store.empty((e, n, num_classes), np.float32, "logits")
         self.margins = torch.empty((e, n), device=device)
+        self.correct = np.zeros(e, dtype=np.int64)
         self._batches = []
+        self._buffered = 0
         self.features = None
         self.grad_norms = None
-        self.vog = _RunningVariance() if "vog" in self.needs else None
-        self.vog_epochs = set(config.vog_indices)
+        self.vog_epochs = (
+            set(config.vog_indices) if "vog" in self.needs else set()
+        )
+        self.checkpoints = []
         self.mc_probs = None
         self.aug_probs = None
 
     def on_batch(self, epoch, idx, logits):
-        # kept as is; the margins of the epoch are computed in one go at its
-        # end (no extra kernels per minibatch)
+        # kept as is; the margins are computed in one go at the end of the
+        # epoch (no extra kernels per minibatch), or when the buffer is full
         self._batches.append((idx, logits))
+        self._buffered += logits.numel()
+        if self._buffered >= _MARGIN_BUFFER:
+            self._record_margins(epoch)
 
     def on_epoch_end(self, epoch):
         last = epoch == self.config.epochs - 1
@@ -385,8 +563,8 @@ class _Recorder(object):
         self._record_eval_pass(epoch, last)
         if "grand" in self.needs and epoch == self.config.early_index:
             self._record_grad_norms()
-        if self.vog is not None and epoch in self.vog_epochs:
-            self._record_input_gradients()
+        if epoch in self.vog_epochs:
+            self._save_checkpoint()
         if last and "mc_dropout" in self.needs:
             self._record_mc_dropout()
         if last and "augment" in self.needs:
@@ -398,30 +576,33 @@ class _Recorder(object):
             logits = torch.cat([b[1] for b in self._batches])
             self.margins[epoch, idx] = margins_of(logits, self.y[idx])
             self._batches = []
+            self._buffered = 0
 
     def _record_eval_pass(self, epoch, last):
-        want_features = last and "features" in self.needs
-        logits, features = _eval_pass(
-            self.model, self.X, self.config.eval_batch_size, want_features
-        )
-        self.logits[epoch] = logits.float().cpu().numpy()
-        if want_features:
-            self.features = features
+        if last and "features" in self.needs:
+            width = self.model.head.in_features
+            self.features = self.store.empty(
+                (len(self.y), width), np.float32, "features"
+            )
+        for start, h, logits in _eval_chunks(
+            self.model, self.X, self.config.eval_batch_size
+        ):
+            rows = slice(start, start + len(logits))
+            self.correct[epoch] += int(
+                (logits.argmax(-1) == self.y[rows]).sum()
+            )
+            self.logits[epoch, rows] = logits.float().cpu().numpy()
+            if last and self.features is not None:
+                self.features[rows] = h.float().cpu().numpy()
 
     def _record_grad_norms(self):
         self.grad_norms = per_sample_grad_norms(
             self.model, self.X, self.y, self.config.eval_batch_size
         )
 
-    def _record_input_gradients(self):
-        self.vog.update(
-            input_gradients(
-                self.model,
-                self.X,
-                self.y,
-                self.config.eval_batch_size,
-                self.config.vog_target,
-            )
+    def _save_checkpoint(self):
+        self.checkpoints.append(
+            {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         )
 
     def _record_mc_dropout(self):
@@ -431,6 +612,12 @@ class _Recorder(object):
             int(self.config.mc_passes),
             self.config.eval_batch_size,
             seeded_generator(self.device, self.config.seed + _MC_DROPOUT_SEED),
+            out=self.store.empty(
+                (int(self.config.mc_passes), len(self.y), self.k),
+                np.float32,
+                "mc_probs",
+            ),
+            features=self.features,
         )
 
     def _record_augmented(self):
@@ -442,29 +629,52 @@ class _Recorder(object):
             self.config.eval_batch_size,
             seeded_generator(self.device, self.config.seed + _AUGMENT_SEED),
             flip=self.config.model == "cnn" and self.config.augment_flip,
+            out=self.store.empty(
+                (int(self.config.augment_passes), len(self.y), self.k),
+                np.float32,
+                "aug_probs",
+            ),
+        )
+
+    def _vog(self):
+        """VoG's variances from the saved checkpoints, a chunk of samples
+        at a time."""
+        if not self.checkpoints:
+            return None
+        models = []
+        for state in self.checkpoints:
+            model = build_model(
+                self.config, self.X.shape[1:], self.k, self.device
+            )
+            model.load_state_dict(state)
+            models.append(model.eval())
+        return vog_variance(
+            models,
+            self.X,
+            self.y,
+            self.config.eval_batch_size,
+            self.config.vog_target,
         )
 
     def finish(self):
         """Returns the :class:`TrainingRecord` of the finished training."""
         labels = self.y.cpu().numpy()
-        eval_acc = (self.logits.argmax(-1) == labels[None]).mean(1)
+        margins = self.store.empty(self.margins.shape, np.float32, "margins")
+        margins[...] = self.margins.cpu().numpy()
         train_acc = (self.margins > 0).float().mean(1).cpu().numpy()
-        to_np = _to_numpy
         return TrainingRecord(
             labels=labels,
             num_classes=self.k,
             logits=self.logits,
-            margins=to_np(self.margins),
+            margins=margins,
             early_index=self.config.early_index,
-            features=to_np(self.features),
-            grad_norms=to_np(self.grad_norms),
-            input_grad_var=(
-                self.vog.mean_variance() if self.vog is not None else None
-            ),
-            mc_probs=to_np(self.mc_probs),
-            aug_probs=to_np(self.aug_probs),
+            features=self.features,
+            grad_norms=_to_numpy(self.grad_norms),
+            input_grad_var=self._vog(),
+            mc_probs=self.mc_probs,
+            aug_probs=self.aug_probs,
             train_accuracy=[float(a) for a in train_acc],
-            eval_accuracy=[float(a) for a in eval_acc],
+            eval_accuracy=[float(c) / len(labels) for c in self.correct],
             needs=self.needs,
             config=self.config.training_dict(),
         )
@@ -484,140 +694,36 @@ def margins_of(logits, y):
 
 
 @torch.no_grad()
-def _eval_pass(model, X, batch_size, want_features=False):
-    logits, features = [], []
-    for start in range(0, len(X), batch_size):
+def _eval_chunks(model, X, batch_size):
+    """Eval-mode ``(start, features, logits)`` of each chunk of ``X``."""
+    for start in range(0, len(X), int(batch_size)):
         h = model.embed(X[start : start + batch_size])
-        logits.append(model.head(h))
-        if want_features:
-            features.append(h)
-    return (
-        torch.cat(logits),
-        torch.cat(features) if want_features else None,
-    )
-
-
-# ------------------------------------------------ per-sample gradients
-
-
-def _functional(model):
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    buffers = {k: v.detach() for k, v in model.named_buffers()}
-    return params, buffers
-
-
-def per_sample_grad_norms(model, X, y, batch_size=1024):
-    """L2 norms of the per-sample gradients of the cross-entropy loss with
-    respect to all parameters, vectorized with ``torch.func.vmap`` (eval
-    mode; the model is not changed).
-
-    Returns:
-        an (N,) tensor
-    """
-    from torch.func import functional_call, grad, vmap
-
-    was_training = model.training
-    model.eval()
-    params, buffers = _functional(model)
-    num_params = sum(p.numel() for p in params.values())
-    chunk = max(1, min(int(batch_size), int(2e7 // max(num_params, 1))))
-
-    def loss(p, x, target):
-        out = functional_call(model, (p, buffers), (x[None],))
-        return F.cross_entropy(out, target[None])
-
-    per_sample = vmap(grad(loss), in_dims=(None, 0, 0))
-    norms = []
-    for start in range(0, len(X), chunk):
-        grads = per_sample(
-            params, X[start : start + chunk], y[start : start + chunk]
-        )
-        sq = sum(
-            g.reshape(g.shape[0], -1).pow(2).sum(1) for g in grads.values()
-        )
-        norms.append(sq.sqrt())
-    model.train(was_training)
-    return torch.cat(norms)
-
-
-# ------------------------------------------------------ input gradients
-
-
-def input_gradients(model, X, y, batch_size=1024, target="log_prob"):
-    """Per-sample gradients with respect to the input, vectorized with
-    ``torch.func.vmap`` (eval mode), of the observed class's log
-    probability ``log p(y~|x)`` (``target="log_prob"``) or logit ``z_y~``
-    (``target="logit"``).
-
-    Returns:
-        a tensor shaped like ``X``
-    """
-    from torch.func import functional_call, grad, vmap
-
-    was_training = model.training
-    model.eval()
-    params, buffers = _functional(model)
-
-    def logit(x, onehot):
-        out = functional_call(model, (params, buffers), (x[None],))[0]
-        if target == "log_prob":
-            out = out.log_softmax(-1)
-        return (out * onehot).sum()
-
-    per_sample = vmap(grad(logit))
-    num_classes = model.head.out_features
-    out = [
-        per_sample(
-            X[s : s + batch_size],
-            F.one_hot(y[s : s + batch_size], num_classes).to(X.dtype),
-        )
-        for s in range(0, len(X), batch_size)
-    ]
-    model.train(was_training)
-    return torch.cat(out)
-
-
-class _RunningVariance(object):
-    """Welford's running mean and variance over a sequence of equally
-    shaped tensors (VoG's checkpoints), without keeping them."""
-
-    def __init__(self):
-        self.count = 0
-        self.mean = None
-        self.m2 = None
-
-    def update(self, value):
-        value = value.detach().double()
-        self.count += 1
-        if self.mean is None:
-            self.mean = value.clone()
-            self.m2 = torch.zeros_like(value)
-            return
-        delta = value - self.mean
-        self.mean += delta / self.count
-        self.m2 += delta * (value - self.mean)
-
-    def mean_variance(self):
-        """(N,) population variance over the updates, averaged over all
-        non-batch dimensions."""
-        if self.mean is None:
-            return None
-        var = self.m2 / max(self.count, 1)
-        return var.reshape(var.shape[0], -1).mean(1).cpu().numpy()
+        yield start, h, model.head(h)
 
 
 # ------------------------------------ MC-dropout and augmented passes
 
 
 @torch.no_grad()
-def mc_dropout_probs(model, X, passes, batch_size, generator):
+def mc_dropout_probs(
+    model, X, passes, batch_size, generator, out=None, features=None
+):
     """Softmax probabilities of ``passes`` forward passes with dropout on
     (everything else in eval mode), the masks drawn from ``generator``; the
     model's own dropout generators and modes are restored.
 
+    Args:
+        out (None): a (passes, N, K) float32 array to fill
+        features (None): the eval-mode penultimate features of ``X``,
+            (N, H), taken in chunks of ``batch_size``: dropout comes after
+            them, so each pass then costs only the last layer (the masks
+            are drawn in the same order, the result is the same)
+
     Returns:
-        a (passes, N, K) CPU tensor
+        a (passes, N, K) float32 numpy array
     """
+    if out is None:
+        out = np.empty((passes, len(X), model.head.out_features), np.float32)
     modules = dropouts(model)
     saved = [m.generator for m in modules]
     model.eval()
@@ -625,58 +731,66 @@ def mc_dropout_probs(model, X, passes, batch_size, generator):
         m.generator = generator
         m.train()
     try:
-        probs = torch.stack(
-            [
-                torch.cat(
-                    [
-                        model(X[s : s + batch_size]).softmax(-1)
-                        for s in range(0, len(X), batch_size)
-                    ]
-                ).cpu()
-                for _ in range(passes)
-            ]
-        )
+        for t in range(passes):
+            for s in range(0, len(X), int(batch_size)):
+                if features is None:
+                    logits = model(X[s : s + batch_size])
+                else:
+                    h = torch.from_numpy(
+                        np.asarray(features[s : s + batch_size])
+                    ).to(X.device)
+                    logits = model.head(model.dropout(h))
+                probs = logits.softmax(-1)
+                out[t, s : s + len(probs)] = probs.float().cpu().numpy()
     finally:
         for m, g in zip(modules, saved):
             m.generator = g
             m.eval()
-    return probs
+    return out
 
 
 @torch.no_grad()
-def augmented_probs(model, X, passes, noise, batch_size, generator, flip):
+def augmented_probs(
+    model, X, passes, noise, batch_size, generator, flip, out=None
+):
     """Eval-mode softmax probabilities of ``passes`` augmented copies of
     ``X``: Gaussian noise of std ``noise`` (drawn from ``generator``) and,
     with ``flip``, a horizontal flip every other pass.
 
+    Args:
+        out (None): a (passes, N, K) float32 array to fill
+
     Returns:
-        a (passes, N, K) CPU tensor
+        a (passes, N, K) float32 numpy array
     """
+    if out is None:
+        out = np.empty((passes, len(X), model.head.out_features), np.float32)
     model.eval()
-    out = []
     for a in range(passes):
-        probs = []
-        for s in range(0, len(X), batch_size):
+        for s in range(0, len(X), int(batch_size)):
             x = X[s : s + batch_size]
             if flip and a % 2 == 0:
                 x = torch.flip(x, dims=(-1,))
             x = x + noise * torch.randn(
                 x.shape, generator=generator, device=x.device
             )
-            probs.append(model(x).softmax(-1))
-        out.append(torch.cat(probs).cpu())
-    return torch.stack(out)
+            probs = model(x).softmax(-1)
+            out[a, s : s + len(probs)] = probs.float().cpu().numpy()
+    return out
 
 
 @torch.no_grad()
 def predict_probs(model, X, batch_size=1024):
     """Eval-mode softmax probabilities of ``model`` on ``X`` (numpy in,
-    numpy out)."""
+    float32 numpy out)."""
     device = next(model.parameters()).device
     model.eval()
     X_t = torch.from_numpy(np.ascontiguousarray(X)).to(device)
-    logits, _ = _eval_pass(model, X_t, batch_size)
-    return logits.softmax(-1).cpu().numpy()
+    out = np.empty((len(X), model.head.out_features), dtype=np.float32)
+    for start, _, logits in _eval_chunks(model, X_t, batch_size):
+        probs = logits.softmax(-1)
+        out[start : start + len(probs)] = probs.float().cpu().numpy()
+    return out
 
 
 # ------------------------------------------------ the whole recording
@@ -685,9 +799,11 @@ def predict_probs(model, X, batch_size=1024):
 def record_training(
     X, labels, num_classes, config=None, needs=(), device=None, progress=None
 ):
-    """Trains once with the recorder, then adds the needs that take their
-    own training runs (``cv_probs``: K-fold models; ``calibration``: the
-    Detector's run with labels flipped on purpose).
+    """Trains once with the recorder, with the models that the needs
+    ``cv_probs`` (K-fold models) and ``calibration`` (the Detector's run
+    with labels flipped on purpose) ask for trained alongside as one
+    batched model (or one after another with
+    ``config.batched_members=False``).
 
     Args:
         X: inputs already passed through :func:`prepare_inputs`
@@ -707,9 +823,79 @@ def record_training(
     config = config or SingleDynamicsConfig()
     needs = frozenset(needs) | _ALWAYS
     labels = np.asarray(labels, dtype=np.int64)
-    plan = _ProgressPlan(config, needs, progress)
+    device = select_device(device)
+    store = ArrayStore(config.memory_budget_mb)
+    specs, flipped = _member_specs(labels, num_classes, config, needs)
 
-    _, record = train(
+    outputs = None
+    if specs and config.batched_members:
+        record, outputs = _train_batched(
+            X,
+            labels,
+            num_classes,
+            config,
+            needs,
+            device,
+            progress,
+            store,
+            specs,
+        )
+    if outputs is None:
+        record, outputs = _train_sequential(
+            X,
+            labels,
+            num_classes,
+            config,
+            needs,
+            device,
+            progress,
+            store,
+            specs,
+        )
+    _attach_member_outputs(record, outputs, flipped)
+    record.needs = needs
+    return record
+
+
+def _train_batched(
+    X, labels, num_classes, config, needs, device, progress, store, specs
+):
+    """The main run with the members stepped alongside; returns
+    ``(record, outputs)``, or ``(None, None)`` when the model's layers
+    cannot be stacked."""
+
+    def members_of(X_t):
+        return StackedMembers(specs, X_t, num_classes, config, device, store)
+
+    try:
+        _, record, members = _fit(
+            X,
+            labels,
+            num_classes,
+            config,
+            needs - _EXTRA_RUNS,
+            device,
+            progress,
+            True,
+            (0.0, 1.0),
+            store,
+            members_of,
+        )
+    except Unstackable as e:
+        # raised before the first step, when the members are built
+        logger.info("Training the auxiliary models one after another: %s", e)
+        return None, None
+    return record, members.outputs()
+
+
+def _train_sequential(
+    X, labels, num_classes, config, needs, device, progress, store, specs
+):
+    """The main run, then each member's training one after another (the
+    path before batching, kept for comparison and for models whose layers
+    cannot be stacked); returns ``(record, outputs)``."""
+    plan = _ProgressPlan(specs, progress)
+    _, record, _ = _fit(
         X,
         labels,
         num_classes,
@@ -717,35 +903,149 @@ def record_training(
         needs - _EXTRA_RUNS,
         device,
         plan.reporter("main run"),
-        progress_span=plan.span("main run"),
+        True,
+        plan.span("main run"),
+        store,
     )
+    return record, _sequential_members(
+        specs, X, num_classes, config, device, plan, store
+    )
+
+
+def _member_specs(labels, num_classes, config, needs):
+    """The auxiliary trainings the needs ask for: the K folds (``cv_probs``)
+    and the calibration run (``calibration``), with the calibration run's
+    flipped mask (or None)."""
+    specs = []
     if "cv_probs" in needs:
-        record.cv_probs = _cross_validated_probs(
-            X, labels, num_classes, config, device, plan
-        )
+        splits = _fold_splits(labels, num_classes, config)
+        for fold, (train_idx, test_idx) in enumerate(splits):
+            specs.append(
+                MemberSpec(
+                    _ProgressPlan.fold_name(fold, len(splits)),
+                    int(config.seed),
+                    labels,
+                    train_rows=train_idx,
+                    eval_rows=test_idx,
+                )
+            )
+    flipped = None
     if "calibration" in needs:
-        _add_calibration_run(
-            record, X, labels, num_classes, config, device, plan
+        calib_labels, flipped = _calibration_labels(
+            labels, num_classes, config
         )
-    record.needs = needs
-    return record
+        specs.append(
+            MemberSpec(
+                _CALIBRATION_RUN,
+                int(config.seed) + _CALIBRATION_SEED,
+                calib_labels,
+                trajectory=True,
+            )
+        )
+    return specs, flipped
+
+
+def _fold_splits(labels, num_classes, config):
+    """Stratified K-fold ``(train_idx, test_idx)`` pairs (fewer folds when
+    a class has fewer samples than ``cv_folds``)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    counts = np.bincount(labels, minlength=num_classes)
+    splits = min(int(config.cv_folds), int(counts[counts > 0].min()))
+    splitter = StratifiedKFold(
+        n_splits=max(2, splits), shuffle=True, random_state=config.seed
+    )
+    return list(splitter.split(np.zeros(len(labels)), labels))
+
+
+def _calibration_labels(labels, num_classes, config):
+    """The calibration run's labels: ``detector_flip_rate`` of the samples
+    (at least 2), chosen at random, flipped to another class. Returns
+    ``(calib_labels, flipped)``.
+
+    The flips are chosen before training, so that the calibration run can
+    train alongside the main run; which of them count (the clean-looking
+    ones) is decided after it (:func:`_attach_member_outputs`)."""
+    from fiftyone_hardness.methods.label_noise import inject_label_noise
+
+    n = len(labels)
+    count = min(n, max(2, int(round(float(config.detector_flip_rate) * n))))
+    return inject_label_noise(
+        labels,
+        num_classes,
+        count / n,
+        kind="symmetric",
+        seed=config.seed + _FLIP_SEED,
+    )
+
+
+def _attach_member_outputs(record, outputs, flipped):
+    """Puts the members' outputs on the record: the cross-validated
+    probabilities, and the calibration trajectories with the Detector's
+    positives (flipped and clean-looking in the main run: it holds the
+    observed label with mean probability >= 1/2) and negatives
+    (clean-looking, not flipped)."""
+    if outputs.probs is not None:
+        record.cv_probs = outputs.probs
+    if flipped is None:
+        return
+    confidence = record.label_probs.mean(0)
+    clean = confidence >= 0.5
+    if clean.sum() < 10:
+        clean = confidence >= np.median(confidence)
+    record.calib_probs = outputs.trajectories[_CALIBRATION_RUN]
+    record.calib_flipped = flipped & clean
+    record.calib_clean = clean & ~flipped
+
+
+def _sequential_members(specs, X, num_classes, config, device, plan, store):
+    """Trains each member alone with :func:`train`; returns the
+    :class:`~fiftyone_hardness.methods.dynamics.members.MemberOutputs`."""
+    n = len(X)
+    probs = None
+    if any(s.eval_rows is not None for s in specs):
+        probs = store.zeros((n, num_classes), np.float32, "cv_probs")
+    trajectories = {}
+    for spec in specs:
+        rows = np.arange(n) if spec.train_rows is None else spec.train_rows
+        model, rec, _ = _fit(
+            X if spec.train_rows is None else X[rows],
+            spec.labels[rows],
+            num_classes,
+            dataclasses.replace(config, seed=spec.seed),
+            (),
+            device,
+            plan.reporter(spec.name),
+            spec.trajectory,
+            plan.span(spec.name),
+            store,
+        )
+        if spec.trajectory:
+            trajectories[spec.name] = rec.label_probs.astype(np.float32)
+        if spec.eval_rows is not None:
+            probs[spec.eval_rows] = predict_probs(
+                model, X[spec.eval_rows], config.eval_batch_size
+            )
+    return MemberOutputs(probs, trajectories)
 
 
 class _ProgressPlan(object):
-    """Splits the progress range over the training runs of
-    :func:`record_training` in proportion to their work: the main run 1,
-    each of the K folds (K-1)/K, the calibration run 1."""
+    """Splits the progress range over the training runs of the sequential
+    path in proportion to their work: the main run 1, each member the
+    fraction of the rows it trains on."""
 
-    def __init__(self, config, needs, progress):
-        folds = int(config.cv_folds)
-        units = [("main run", 1.0)]
-        if "cv_probs" in needs:
-            units += [
-                (self.fold_name(f, folds), (folds - 1.0) / folds)
-                for f in range(folds)
-            ]
-        if "calibration" in needs:
-            units.append(("calibration run", 1.0))
+    def __init__(self, specs, progress):
+        units = [("main run", 1.0)] + [
+            (
+                s.name,
+                (
+                    1.0
+                    if s.train_rows is None
+                    else len(s.train_rows) / float(len(s.labels))
+                ),
+            )
+            for s in specs
+        ]
         weights = np.array([w for _, w in units])
         bounds = np.concatenate([[0.0], np.cumsum(weights)]) / weights.sum()
         self._spans = {
@@ -768,78 +1068,3 @@ class _ProgressPlan(object):
             return None
         progress = self._progress
         return lambda f, m="": progress(f, "%s: %s" % (name, m))
-
-
-def _cross_validated_probs(X, labels, num_classes, config, device, plan):
-    """Out-of-sample probabilities of stratified K-fold models trained with
-    the same setup (without recording), for confident learning."""
-    from sklearn.model_selection import StratifiedKFold
-
-    n = len(labels)
-    folds = int(config.cv_folds)
-    counts = np.bincount(labels, minlength=num_classes)
-    splits = min(folds, int(counts[counts > 0].min()))
-    splitter = StratifiedKFold(
-        n_splits=max(2, splits), shuffle=True, random_state=config.seed
-    )
-    cv_probs = np.zeros((n, num_classes), dtype=np.float64)
-    for fold, (train_idx, test_idx) in enumerate(
-        splitter.split(np.zeros(n), labels)
-    ):
-        name = plan.fold_name(fold, folds)
-        model, _ = train(
-            X[train_idx],
-            labels[train_idx],
-            num_classes,
-            config,
-            device=device,
-            progress=plan.reporter(name),
-            record=False,
-            progress_span=plan.span(name),
-        )
-        cv_probs[test_idx] = predict_probs(
-            model, X[test_idx], config.eval_batch_size
-        )
-    return cv_probs
-
-
-def _add_calibration_run(record, X, labels, num_classes, config, device, plan):
-    """The Detector's calibration run: flips a fraction of the
-    clean-looking samples on purpose, trains again (another seed) and keeps
-    the p_e(label) trajectories, which flipped and which clean."""
-    from fiftyone_hardness.methods.label_noise import inject_label_noise
-
-    n = len(labels)
-    # clean-looking: the main run holds the observed label with mean
-    # probability >= 1/2
-    confidence = record.label_probs.mean(0)
-    clean = confidence >= 0.5
-    if clean.sum() < 10:
-        clean = confidence >= np.median(confidence)
-    candidates = np.flatnonzero(clean)
-    count = int(round(float(config.detector_flip_rate) * n))
-    count = max(2, min(count, len(candidates) // 2))
-    flipped_sub, mask_sub = inject_label_noise(
-        labels[candidates],
-        num_classes,
-        count / len(candidates),
-        kind="symmetric",
-        seed=config.seed + _FLIP_SEED,
-    )
-    calib_labels = labels.copy()
-    calib_labels[candidates] = flipped_sub
-    flipped = np.zeros(n, dtype=bool)
-    flipped[candidates[mask_sub]] = True
-    _, calib = train(
-        X,
-        calib_labels,
-        num_classes,
-        dataclasses.replace(config, seed=config.seed + _CALIBRATION_SEED),
-        (),
-        device,
-        plan.reporter("calibration run"),
-        progress_span=plan.span("calibration run"),
-    )
-    record.calib_probs = calib.label_probs
-    record.calib_flipped = flipped
-    record.calib_clean = clean & ~flipped

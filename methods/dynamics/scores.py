@@ -240,14 +240,18 @@ class EL2N(HardnessMethod):
     name = "el2n"
 
     def scores(self, record):
-        p = record.probs[record.early_index]
-        onehot = np.eye(record.num_classes)[record.labels]
-        return np.linalg.norm(p - onehot, axis=1), {}
+        score = np.empty(len(record.labels))
+        for rows in record.row_chunks(record.num_classes):
+            p = record.epoch_probs(record.early_index, rows)
+            p[np.arange(len(p)), record.labels[rows]] -= 1.0
+            score[rows] = np.linalg.norm(p, axis=1)
+        return score, {}
 
 
 class GraNd(HardnessMethod):
     """GraNd (Paul et al. 2021): the norm of the per-sample gradient of the
-    loss with respect to all parameters at the early epoch."""
+    loss with respect to all parameters at the early epoch (exact, in
+    closed form: :mod:`fiftyone_hardness.methods.dynamics.gradients`)."""
 
     name = "grand"
     needs = frozenset(["grand"])
@@ -260,7 +264,7 @@ def forgetting_counts(record):
     """Returns ``(count, never_learned)``: learned -> forgotten transitions
     of ``argmax_k z_e == y~`` between consecutive epochs, and whether the
     sample was never learned."""
-    learned = record.logits.argmax(-1) == record.labels[None]
+    learned = record.learned()
     count = (learned[:-1] & ~learned[1:]).sum(0)
     return count, ~learned.any(0)
 
@@ -304,15 +308,28 @@ class Prototypicality(HardnessMethod):
     needs = frozenset(["features"])
 
     def scores(self, record):
-        f = np.asarray(record.features, dtype=np.float64)
-        f = f / np.clip(np.linalg.norm(f, axis=1, keepdims=True), _EPS, None)
-        centroids = np.zeros((record.num_classes, f.shape[1]))
-        for c in np.unique(record.labels):
-            centroids[c] = f[record.labels == c].mean(0)
+        # two passes a chunk of samples at a time: the class centroids of
+        # the normalized features, then each sample's cosine to its own
+        y = record.labels
+        chunks = record.row_chunks(record.features.shape[1])
+        sums = np.zeros((record.num_classes, record.features.shape[1]))
+        for rows in chunks:
+            np.add.at(sums, y[rows], _unit_rows(record.features[rows]))
+        counts = np.bincount(y, minlength=record.num_classes)
+        centroids = sums / np.maximum(counts, 1)[:, None]
         centroids /= np.clip(
             np.linalg.norm(centroids, axis=1, keepdims=True), _EPS, None
         )
-        return 1.0 - (f * centroids[record.labels]).sum(1), {}
+        score = np.empty(len(y))
+        for rows in chunks:
+            f = _unit_rows(record.features[rows])
+            score[rows] = 1.0 - (f * centroids[y[rows]]).sum(1)
+        return score, {}
+
+
+def _unit_rows(f):
+    f = np.asarray(f, dtype=np.float64)
+    return f / np.clip(np.linalg.norm(f, axis=1, keepdims=True), _EPS, None)
 
 
 def class_normalize(values, labels):
@@ -353,10 +370,18 @@ class ALLSH(HardnessMethod):
     needs = frozenset(["augment"])
 
     def scores(self, record):
-        p = np.clip(record.probs[-1], _EPS, None)
-        q = np.clip(np.asarray(record.aug_probs, dtype=np.float64), _EPS, None)
-        kl = (p[None] * (np.log(p[None]) - np.log(q))).sum(-1)
-        return kl.mean(0), {}
+        score = np.empty(len(record.labels))
+        per_row = record.aug_probs.shape[0] * record.num_classes
+        for rows in record.row_chunks(per_row):
+            p = np.clip(record.epoch_probs(-1, rows), _EPS, None)
+            q = np.clip(
+                np.asarray(record.aug_probs[:, rows], dtype=np.float64),
+                _EPS,
+                None,
+            )
+            kl = (p[None] * (np.log(p[None]) - np.log(q))).sum(-1)
+            score[rows] = kl.mean(0)
+        return score, {}
 
 
 class ConfAgree(HardnessMethod):
@@ -368,12 +393,15 @@ class ConfAgree(HardnessMethod):
     needs = frozenset(["mc_dropout"])
 
     def scores(self, record):
-        mc = np.asarray(record.mc_probs, dtype=np.float64)
-        mean = mc.mean(0)
-        pred = mean.argmax(1)
-        rows = np.arange(mc.shape[1])
-        confidence = mc[:, rows, pred].mean(0)
-        agreement = (mc.argmax(-1) == pred[None]).mean(0)
+        n = len(record.labels)
+        confidence, agreement = np.empty(n), np.empty(n)
+        per_row = record.mc_probs.shape[0] * record.num_classes
+        for rows in record.row_chunks(per_row):
+            mc = np.asarray(record.mc_probs[:, rows], dtype=np.float64)
+            pred = mc.mean(0).argmax(1)
+            own = np.arange(mc.shape[1])
+            confidence[rows] = mc[:, own, pred].mean(0)
+            agreement[rows] = (mc.argmax(-1) == pred[None]).mean(0)
         return 1.0 - confidence, {"agreement": agreement}
 
 

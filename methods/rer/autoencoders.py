@@ -138,6 +138,24 @@ class BatchedAutoencoders:
         return out.sub_(x.unsqueeze(0)).square_().sum(dim=2).sqrt_()
 
 
+    def errors_of(self, index, x):
+        """``||x_i - AE_index(x_i)||_2`` for the rows of ``x`` (B, D) under
+        the one model ``index``: returns (B,). The layers of
+        :meth:`errors`, one model's weights."""
+        torch = _torch()
+        last = len(self.weights) - 1
+        h = x
+        for j in range(len(self.weights)):
+            h = torch.addmm(
+                self.biases[j][index, 0], h, self.weights[j][index]
+            )
+            if j == last:
+                h = torch.sigmoid(h)
+            elif j != self.num_encoder_layers - 1:  # the code is linear
+                h = torch.relu(h)
+        return h.sub_(x).square_().sum(dim=1).sqrt_()
+
+
 def make_optimizer(model, learning_rate, l2):
     """Adam with Keras' defaults (betas 0.9 / 0.999, eps 1e-7) and an L2
     penalty ``l2 * sum(w^2)`` on the weights, not the biases: Adam's
@@ -187,7 +205,7 @@ class UmapObjective:
     edge).
 
     Args:
-        X: (N, D) numpy features (for the graphs)
+        X: the (N, D) scaled features, a float32 tensor (for the graphs)
         class_rows: the rows each model is fit to
         config: the :class:`~fiftyone_hardness.methods.rer.config.RERConfig`
         ab: UMAP's ``(a, b)``
@@ -196,7 +214,12 @@ class UmapObjective:
 
     def __init__(self, X, class_rows, config, ab, device):
         self.graphs = ClassGraphs.build(
-            X, class_rows, config.n_neighbors, device
+            X,
+            class_rows,
+            config.n_neighbors,
+            device,
+            method=config.graph_neighbors,
+            seed=config.seed,
         )
         self.config = config
         self.a, self.b = ab
@@ -293,9 +316,7 @@ def train(model, X, class_rows, config, steps, ab, gen, progress):
     torch = _torch()
     device = X.device
     if config.objective == "umap":
-        objective = UmapObjective(
-            X.cpu().numpy(), class_rows, config, ab, device
-        )
+        objective = UmapObjective(X, class_rows, config, ab, device)
     else:
         objective = ReconstructionObjective(class_rows, config, device)
     optimizer = make_optimizer(model, config.learning_rate, config.l2)

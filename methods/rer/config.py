@@ -216,6 +216,19 @@ class RERConfig(MethodConfig):
         minimum=2,
         form=False,
     )
+    graph_neighbors: str = param(
+        "auto",
+        "How the neighbours of the fuzzy kNN graph are found ('umap'): "
+        "'exact', 'ivf' (approximate, bounded memory at any class size) or "
+        "'auto' (exact on a GPU and for classes of up to 20k fitted "
+        "samples, approximate above)",
+        choices=[
+            ("auto", "Exact up to 20k samples per class, else approximate"),
+            ("exact", "Exact (chunked)"),
+            ("ivf", "Approximate (inverted file, re-ranked)"),
+        ],
+        form=False,
+    )
     negative_sample_rate: int = param(
         5, "Negative samples per edge ('umap')", minimum=1, form=False
     )
@@ -239,6 +252,25 @@ class RERConfig(MethodConfig):
         None,
         "At least this many optimizer steps",
         kind="int",
+        minimum=1,
+        form=False,
+    )
+    nearest_classes: int = param(
+        10,
+        "Each sample's error is computed under its own class, its random "
+        "wrong label, the classes with the nearest centroids (this many) "
+        "and sampled_classes random others, instead of under every class; "
+        "None for every class (exact, O(N x K)). Used when it is fewer "
+        "classes than there are",
+        kind="int",
+        minimum=1,
+        optional=True,
+        form=False,
+    )
+    sampled_classes: int = param(
+        4,
+        "Random other classes per sample whose mean error estimates the "
+        "far classes' sum (with nearest_classes)",
         minimum=1,
         form=False,
     )

@@ -40,6 +40,11 @@ from fiftyone_hardness.methods.base import (
     select_device,
 )
 from fiftyone_hardness.methods.rer import autoencoders
+from fiftyone_hardness.methods.rer.candidates import (
+    CandidateStatistics,
+    candidate_classes,
+    use_candidates,
+)
 from fiftyone_hardness.methods.rer.config import RERConfig
 from fiftyone_hardness.methods.rer.graph import find_ab_params
 from fiftyone_hardness.methods.rer.projection import (
@@ -70,6 +75,7 @@ class _Plan:
     sample_chunk_size: int
     memory_budget_mb: float
     num_threads: object
+    error_classes: object
 
 
 def compute_rer(
@@ -150,6 +156,7 @@ def _compute(
     X, explained, input_dims = _project(X, fit_rows, config, progress)
     Xs = _scaled_tensor(X, fit_rows, device)
     plan = _make_plan(X, fit_rows, config, device, explained, input_dims)
+    plan.error_classes = _error_classes(config, len(present), keep_errors)
     stats, errors, losses = _train_and_evaluate(
         Xs,
         labels,
@@ -265,7 +272,18 @@ def _make_plan(X, fit_rows, config, device, explained, input_dims):
         memory_budget_mb=budget_mb,
         # called inside _torch_threads: the threads this run uses
         num_threads=torch.get_num_threads() if device == "cpu" else None,
+        error_classes="all",
     )
+
+
+def _error_classes(config, num_present, keep_errors):
+    """The classes each sample is evaluated under: ``"all"`` (exact), or
+    their number with the candidate classes."""
+    if keep_errors or not use_candidates(
+        config.nearest_classes, config.sampled_classes, num_present
+    ):
+        return "all"
+    return int(config.nearest_classes + config.sampled_classes + 2)
 
 
 def _chunk_sizes(config, dim, num_present, device):
@@ -351,7 +369,9 @@ def _train_and_evaluate(
     rand_labels = random_wrong_labels(
         labels, num_classes, seed=config.seed + 1, present=present
     )
-    running = autoencoders.RunningStatistics(labels, rand_labels, plan.device)
+    running = _error_collector(
+        Xs, labels, rand_labels, fit_rows, present, config, plan, keep_errors
+    )
     errors_full = np.zeros((num_classes, n)) if keep_errors else None
     all_losses = np.zeros((plan.steps, num_classes), dtype=np.float32)
     size = plan.class_chunk_size
@@ -371,12 +391,41 @@ def _train_and_evaluate(
         )
         all_losses[:, chunk] = losses
         progress((j + 0.9) / len(chunks), "reconstruction errors")
-        errors = _chunk_errors(model, Xs, plan.sample_chunk_size)
-        running.update(chunk, errors)
-        if keep_errors:
-            errors_full[chunk] = errors.cpu().numpy()
-        del model, errors
+        if isinstance(running, CandidateStatistics):
+            running.evaluate(model, chunk, Xs, plan.sample_chunk_size)
+        else:
+            errors = _chunk_errors(model, Xs, plan.sample_chunk_size)
+            running.update(chunk, errors)
+            if keep_errors:
+                errors_full[chunk] = errors.cpu().numpy()
+            del errors
+        del model
     return running.result(), errors_full, all_losses
+
+
+def _error_collector(
+    Xs, labels, rand_labels, fit_rows, present, config, plan, keep_errors
+):
+    """What folds the reconstruction errors into per-sample statistics:
+    the errors under each sample's candidate classes
+    (:mod:`~fiftyone_hardness.methods.rer.candidates`) when there are many
+    classes, else (or with ``keep_errors``) the running statistics over
+    every class."""
+    if plan.error_classes == "all":
+        return autoencoders.RunningStatistics(labels, rand_labels, plan.device)
+    slots = candidate_classes(
+        Xs,
+        labels,
+        rand_labels,
+        fit_rows,
+        present,
+        config.nearest_classes,
+        config.sampled_classes,
+        seed=config.seed,
+    )
+    return CandidateStatistics(
+        slots, config.nearest_classes, len(present), rand_labels
+    )
 
 
 def _chunk_progress(progress, j, num_chunks, chunk, num_classes):

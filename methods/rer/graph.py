@@ -39,42 +39,61 @@ def find_ab_params(spread=1.0, min_dist=0.1):
     return float(a), float(b)
 
 
-def fuzzy_knn_graph(X, n_neighbors=40):
-    """UMAP's fuzzy simplicial set of the points ``X`` (exact kNN).
+def fuzzy_knn_graph(X, n_neighbors=40, method="auto", device=None, seed=0):
+    """UMAP's fuzzy simplicial set of the points ``X``.
 
     For each point, memberships to its ``k`` nearest neighbours are
     ``exp(-(d - rho) / sigma)`` with ``rho`` the distance to the nearest
     neighbour and ``sigma`` chosen so that they sum to ``log2(k)``; the
     graph is symmetrized with the fuzzy union ``A + A^T - A * A^T``.
 
+    The neighbours come from
+    :func:`fiftyone_hardness.methods.neighbors.nearest_neighbors`
+    (Euclidean): exact on a GPU and up to
+    :data:`~fiftyone_hardness.methods.neighbors.EXACT_MAX_ROWS` points,
+    approximate above, so memory is ``O(n * k)``, never ``n x n``: about
+    ``n * k * 60`` bytes at the peak (the neighbours, the memberships and
+    the sparse union), e.g. 480 MB for 200k points and k=40.
+
     Args:
-        X: (n, D) float array
+        X: (n, D) float array (or a float tensor)
         n_neighbors (40): neighbours per point (capped at ``n - 1``)
+        method ("auto"): the neighbour search: ``"auto"``, ``"exact"`` or
+            ``"ivf"`` (approximate)
+        device (None): the torch device of the search
+        seed (0): the seed of the approximate search
 
     Returns:
         a tuple ``(heads, tails, weights)`` of the directed edges (both
-        directions of each undirected edge)
+        directions of each undirected edge); weights are float32
     """
-    import scipy.sparse as sp
+    from fiftyone_hardness.methods.neighbors import nearest_neighbors
 
-    X = np.asarray(X, dtype=np.float64)
     n = len(X)
     k = int(min(n_neighbors, n - 1))
     if k < 1:
-        return (np.zeros(0, int), np.zeros(0, int), np.zeros(0))
-    sq = (X**2).sum(1)
-    dist = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * X @ X.T, 0))
-    np.fill_diagonal(dist, np.inf)
-    neighbors = np.argpartition(dist, k - 1, axis=1)[:, :k]
-    knn = np.take_along_axis(dist, neighbors, axis=1)
+        return (np.zeros(0, int), np.zeros(0, int), np.zeros(0, np.float32))
+    found = nearest_neighbors(
+        X, k, metric="euclidean", method=method, device=device, seed=seed
+    )
+    weights = _memberships(found.distances, k)
+    return _fuzzy_union(found.indices, weights, n)
+
+
+def _memberships(knn, k):
+    """``exp(-(d - rho) / sigma)`` of each point's (sorted) neighbour
+    distances ``knn`` (n, k), with ``sigma`` found by bisection (all rows
+    at once) so that each row sums to ``log2(k)``."""
+    knn = np.asarray(knn, dtype=np.float32)
+    n = len(knn)
     positive = np.where(knn > 0, knn, np.inf)
     rho = np.min(positive, axis=1)
-    rho = np.where(np.isfinite(rho), rho, 0.0)
+    rho = np.where(np.isfinite(rho), rho, 0.0).astype(np.float32)
     shifted = np.maximum(knn - rho[:, None], 0.0)
     target = math.log2(k) if k > 1 else 1.0
-    lo = np.zeros(n)
-    hi = np.full(n, np.inf)
-    sigma = np.ones(n)
+    lo = np.zeros(n, np.float32)
+    hi = np.full(n, np.inf, np.float32)
+    sigma = np.ones(n, np.float32)
     for _ in range(64):  # bisection on every row at once
         total = np.exp(-shifted / sigma[:, None]).sum(1)
         big = total > target
@@ -82,12 +101,21 @@ def fuzzy_knn_graph(X, n_neighbors=40):
         lo = np.where(big, lo, sigma)
         sigma = np.where(np.isfinite(hi), (lo + hi) / 2, sigma * 2)
     mean_dist = max(float(np.mean(knn[np.isfinite(knn)])), 1e-12)
-    sigma = np.maximum(sigma, 1e-3 * mean_dist)
-    weights = np.exp(-shifted / sigma[:, None])
+    sigma = np.maximum(sigma, np.float32(1e-3 * mean_dist))
+    return np.exp(-shifted / sigma[:, None])
+
+
+def _fuzzy_union(neighbors, weights, n):
+    """The fuzzy union ``A + A^T - A * A^T`` of the directed kNN graph, as
+    ``(heads, tails, weights)`` of its nonzero entries."""
+    import scipy.sparse as sp
+
+    k = neighbors.shape[1]
     rows = np.repeat(np.arange(n), k)
-    graph = sp.coo_matrix(
+    graph = sp.csr_matrix(
         (weights.ravel(), (rows, neighbors.ravel())), shape=(n, n)
-    ).tocsr()
+    )
+    del rows
     transpose = graph.T.tocsr()
     graph = (graph + transpose - graph.multiply(transpose)).tocoo()
     keep = graph.data > 0
@@ -116,14 +144,17 @@ class ClassGraphs:
     cum_totals: object
 
     @classmethod
-    def build(cls, X, class_rows, n_neighbors, device):
+    def build(cls, X, class_rows, n_neighbors, device, method="auto", seed=0):
         """Builds the graph of each class from its rows of ``X``.
 
         Args:
-            X: (N, D) numpy features
+            X: (N, D) features, a float32 tensor (on ``device``) or array
             class_rows: one array of row indices per class
             n_neighbors: neighbours per point
-            device: the torch device of the tensors
+            device: the torch device of the tensors (and of the search)
+            method ("auto"): the neighbour search of
+                :func:`fuzzy_knn_graph`
+            seed (0): the seed of the approximate search
         """
         import torch
 
@@ -131,9 +162,20 @@ class ClassGraphs:
         cum_starts, totals = [], []
         offset = 0.0
         for rows in class_rows:
-            h, t, w = fuzzy_knn_graph(X[rows], n_neighbors)
+            h, t, w = fuzzy_knn_graph(
+                (
+                    X[torch.as_tensor(rows, device=X.device)]
+                    if torch.is_tensor(X)
+                    else X[rows]
+                ),
+                n_neighbors,
+                method=method,
+                device=device,
+                seed=seed,
+            )
             if len(w) == 0:  # a single sample: a self edge
                 h, t, w = np.zeros(1, int), np.zeros(1, int), np.ones(1)
+            w = w.astype(np.float64)
             heads.append(rows[h])
             tails.append(rows[t])
             weights.append(w)
