@@ -464,12 +464,7 @@ def run_benchmark(
     )
 
     start = time.perf_counter()
-    settings = [
-        (t, p, s)
-        for t in types
-        for p in (label_props if _is_label_type(t) else props)
-        for s in seeds
-    ]
+    settings = grid_settings(types, props, seeds, label_props)
     with progress_callback(progress, "benchmark") as report:
         with _source_dataset(samples) as source:
             pred_probs = None
@@ -596,6 +591,18 @@ def _run_in_processes(
     finally:
         # a failed setting stops the grid now, not after the queue
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def grid_settings(types, props, seeds, label_props=None):
+    """The settings ``(type, rate, seed)`` of a grid: mislabeling types at
+    ``label_props`` (None: ``props``), the others at ``props``."""
+    label_props = props if label_props is None else label_props
+    return [
+        (t, float(p), s)
+        for t in types
+        for p in (label_props if _is_label_type(t) else props)
+        for s in seeds
+    ]
 
 
 def _is_label_type(hardness):

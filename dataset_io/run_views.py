@@ -407,6 +407,28 @@ def flagged_rows(samples, results, score=None, limit=None):
     ]
 
 
+def predicted_class(samples, sample_id, label_field=None):
+    """Returns ``(run key, class)``: the class that the newest hardness run
+    with a prediction (a ``pred`` field beside its main score, e.g. RER's
+    and cleanlab's ``{run_key}_pred``) predicts for a sample, or
+    ``(None, None)``. With ``label_field``, only runs that scored it.
+
+    What a review form prefills as the correct class.
+    """
+    for run in runs_newest_first(samples):
+        results = load_results(samples, run["key"], check=False)
+        if label_field is not None and results.label_field != label_field:
+            continue
+        scores = results.scores()
+        field = scores[0].companion("pred") if scores else None
+        if field is None:
+            continue
+        values = samples._dataset.select([sample_id]).values(field)
+        if values and values[0] is not None:
+            return run["key"], str(values[0])
+    return None, None
+
+
 def review_statuses(samples, label_field, ids):
     """Returns ``{sample id: "right" | "wrong -> X"}`` for the samples of
     ``ids`` that have a review verdict (see

@@ -20,20 +20,21 @@ higher = harder.
 Weighting (``ConsensusConfig.weighting``):
 
 - ``"calibrated"``: known label noise of several kinds is injected into a
-  copy of the labels (:mod:`fiftyone_hardness.methods.noise_estimate`), the
-  members that are cheap to re-run (confident learning on a k-NN vote, a
-  logistic-regression probe or stored predictions) are re-run on it, and
-  how well each finds the injected flips gives its *separation* d'. The
-  other members get theirs from their agreement with the calibrated
-  members on the real labels, corrected for the errors of that reference.
-  The weights are the non-negative linear discriminant of the members'
-  normal scores (correlated members share their weight; a member with no
-  signal gets none), the noise-rate estimators are calibrated by their
-  response to the injection and combined, and the flags are the top
-  fraction of the consensus score at that estimate.
+  copy of the labels (:mod:`fiftyone_hardness.methods.noise_estimate`) and
+  the members that are cheap to re-run (confident learning on a k-NN vote,
+  a logistic-regression probe or stored predictions) are re-run on it. How
+  well each finds the injected flips weighs them into a *reference*; every
+  member's separation d' is then its agreement with the reference's flags
+  on the real labels (a re-run member that did not find the injected flips
+  gets none). The weights are the non-negative linear discriminant of the
+  members' normal scores (correlated members share their weight; a member
+  with no signal gets none). The re-run members' noise-rate estimators are
+  calibrated by their response to the injection and combined into one
+  estimate with an interval, and the flags are the top fraction of the
+  consensus score at that estimate.
 - ``"agreement"``: no injection; every member's separation comes from its
-  agreement with the equal-weight consensus, the noise rate from the
-  members' own estimates.
+  agreement with the other members' equal-weight mean, the noise rate from
+  the members' own estimates, the flags from their majority.
 - ``"equal"``: the plain rank average of every member.
 
 ``results["weighting"]`` says which one ran (``"calibrated"`` falls back
@@ -636,55 +637,69 @@ def run_consensus(data, config):
     infos = member_runs(data, config.runs)
     names = list(scores)
     normal = np.column_stack([normal_scores(scores[n]) for n in names])
-    weighting, note = _choose_weighting(data, config, names, infos)
-
-    calibration = None
-    if weighting == "calibrated":
-        data.progress(0.1, "re-running members on injected noise")
-        calibration = _calibrate(data, config, names, infos)
-        if not calibration.scores:
-            weighting = "agreement"
-            note = "no member could be re-run: %s" % "; ".join(
-                "%s: %s" % kv for kv in calibration.skipped.items()
-            )
+    weighting, note, calibration = _calibration_step(
+        data, config, names, infos
+    )
     data.progress(0.8, "weighing %d members" % len(names))
     estimate = _noise_estimate(weighting, calibration, infos, names, data)
     weights, quality = _weights(
         weighting, names, normal, calibration, estimate
     )
+    score = _consensus_score(normal, weights)
+    rule, flag, votes, threshold = _flag_step(
+        config, weighting, score, flags, estimate
+    )
+    fields = {"score": score, "flag": flag}
+    if votes is not None:
+        fields["votes"] = votes.astype(np.int64)
+    results = _results(
+        config,
+        names,
+        weights,
+        quality,
+        (weighting, note),
+        calibration,
+        estimate,
+        (rule, threshold, flag),
+        scores,
+    )
+    return MethodOutput(fields=fields, results=results)
+
+
+def _calibration_step(data, config, names, infos):
+    """Decides the weighting and, for ``"calibrated"``, injects the noise
+    and re-runs the members: ``(weighting, note, calibration or None)``."""
+    weighting, note = _choose_weighting(data, config, names, infos)
+    if weighting != "calibrated":
+        return weighting, note, None
+    data.progress(0.1, "re-running members on injected noise")
+    calibration = _calibrate(data, config, names, infos)
+    if not calibration.scores:
+        note = "no member could be re-run: %s" % "; ".join(
+            "%s: %s" % kv for kv in calibration.skipped.items()
+        )
+        return "agreement", note, calibration
+    return weighting, note, calibration
+
+
+def _consensus_score(normal, weights):
+    """The weighted normal scores, standardized, through the normal CDF:
+    in [0, 1], higher = harder."""
     combined = normal @ weights
     spread = combined.std()
-    score = (
-        norm.cdf((combined - combined.mean()) / spread)
-        if spread
-        else (np.full(len(combined), 0.5))
-    )
+    if not spread:
+        return np.full(len(combined), 0.5)
+    return norm.cdf((combined - combined.mean()) / spread)
 
+
+def _flag_step(config, weighting, score, flags, estimate):
+    """The flags of the rule: ``(rule, flag, votes, threshold)``."""
     rule = _resolve_rule(config.rule, weighting, flags)
     rate = config.noise_rate
     if rule == "estimate":
         rate = estimate["estimate"]
     flag, votes, threshold = _flags(score, flags, rule, rate)
-    fields = {"score": score, "flag": flag}
-    if votes is not None:
-        fields["votes"] = votes.astype(np.int64)
-    return MethodOutput(
-        fields=fields,
-        results=_results(
-            config,
-            names,
-            weights,
-            quality,
-            weighting,
-            note,
-            calibration,
-            estimate,
-            rule,
-            threshold,
-            flag,
-            scores,
-        ),
-    )
+    return rule, flag, votes, threshold
 
 
 def _choose_weighting(data, config, names, infos):
@@ -934,16 +949,22 @@ def _calibrated_separations(names, normal, calibration, eta):
 
 
 def _agreement_separations(names, normal, eta):
-    """d' of every member from its agreement with the equal-weight
-    consensus (its errors unknown, so no correction)."""
-    reference = top_fraction_flags(normal.mean(1), eta)
+    """d' of every member from its agreement with the equal-weight mean of
+    the *other* members' normal scores (a member is not its own reference,
+    or a score with no signal would agree with itself); no correction, the
+    reference's errors being unknown. The reference flags returned (for the
+    discriminant's correlation) are those of the mean of all members."""
+    total = normal.sum(1)
+    m = normal.shape[1]
     quality, separations = {}, np.zeros(len(names))
     for i, name in enumerate(names):
+        others = (total - normal[:, i]) / max(m - 1, 1)
+        reference = top_fraction_flags(others, eta)
         auroc, d = separation(reference, normal[:, i])
         signal = has_signal(auroc, reference.sum(), len(reference))
         quality[name] = _quality(auroc, d, "agreement", signal)
         separations[i] = d if signal else 0.0
-    return separations, quality, reference
+    return separations, quality, top_fraction_flags(total, eta)
 
 
 def _quality(auroc, d, source, signal):
@@ -969,16 +990,15 @@ def _results(
     weights,
     quality,
     weighting,
-    note,
     calibration,
     estimate,
-    rule,
-    threshold,
-    flag,
+    flagging,
     scores,
 ):
+    """The run's results (see :func:`run_consensus`)."""
+    (weighting, note), (rule, threshold, flag) = weighting, flagging
     spearman, mean_spearman = _agreement(scores)
-    if estimate["estimate"] is not None and rule in ("estimate", "auto"):
+    if estimate["estimate"] is not None and rule == "estimate":
         noise_rate = estimate["estimate"]
     else:
         noise_rate = float(flag.mean())

@@ -96,8 +96,9 @@ class HardnessPanel(foo.Panel):
     def execute(self, ctx):
         """Runs a panel event as :meth:`fiftyone.operators.Panel.execute`
         does, with the event's writes to the panel's state and data sent to
-        the App as one patch each, before the layout: the App re-renders the
-        panel once per patch, and an event sets dozens of keys."""
+        the App as one patch each, before the layout (the App re-renders the
+        panel once per patch, and an event sets dozens of keys), and the
+        layout only when the state changed."""
         panel = getattr(ctx, "_panel", None)
         if panel is None or ctx.params.get("__method__") in (
             None,
@@ -114,13 +115,14 @@ class HardnessPanel(foo.Panel):
             if method is not None:
                 ctx.event_args = ctx.params.get("event_args", {})
                 result = method(ctx)
-            if method == self.on_poll and not (
-                state._updates or data._updates
-            ):
-                return result  # nothing changed: the App keeps its layout
+            # the layout depends on the state only: an event that changed
+            # no state (an idle poll, a chart click that sets the grid's
+            # view) sends no new layout, and the App keeps the one it has
+            relayout = bool(state._updates)
             state.flush()
             data.flush()
-            ctx.ops.show_panel_output(self.render(ctx))
+            if relayout:
+                ctx.ops.show_panel_output(self.render(ctx))
             return result
         finally:
             panel._state, panel._data = real
@@ -191,7 +193,6 @@ class HardnessPanel(foo.Panel):
         view = run_views.class_view(
             ctx.dataset, results, str(label), self._score(ctx, results)
         )
-        ctx.panel.state.last_action = "class %s" % label
         ctx.ops.set_view(view)
 
     def on_histogram_click(self, ctx):
@@ -218,7 +219,6 @@ class HardnessPanel(foo.Panel):
         if row is None or not 0 <= row < len(rows):
             return
         sample_id = rows[row]["id"]
-        ctx.panel.state.last_action = "selected %s" % sample_id
         ctx.ops.set_selected_samples([sample_id])
 
     def on_show_flagged(self, ctx):
@@ -410,7 +410,6 @@ class HardnessPanel(foo.Panel):
         score = self._score(ctx, results)
         if score is None:
             return
-        ctx.panel.state.last_action = "scores %.4g..%.4g" % (lo, hi)
         ctx.ops.set_view(
             run_views.score_range_view(ctx.dataset, score.score_field, lo, hi)
         )

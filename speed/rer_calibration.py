@@ -20,10 +20,30 @@ noise-rate line (least squares of the true rate on the reference estimate)
 and grid-searches the threshold constants for the best mean F1, to compare
 with :data:`fiftyone_hardness.methods.rer.CALIBRATIONS` ``["fitted"]``.
 
+With ``--graph-neighbors exact ivf`` it runs the settings once per way of
+finding the neighbours of the fuzzy kNN graph and prints the differences
+(the classes here are small, so the approximate search is forced).
+
+With ``--sizes`` it runs the class-size settings instead: synthetic data at
+several class sizes (rows per class, 10 classes, 512 dims, 20% of the
+labels flipped uniformly, noise seed 10), two families, neither checked
+by the tests:
+
+- ``gaussian``: Gaussian classes in a 64-d subspace plus isotropic noise
+  (the data of ``speed/scale.py``);
+- ``manifold``: noisy samples around random nonlinear low-rank manifolds
+  (the data of ``speed/rer.py``);
+
+for each ``--budget`` (``fit=<n>`` / ``fit=none``: ``fit_samples_per_class``;
+``epochs=<n>``), printing AUROC, F1, the noise-rate error and the seconds
+per setting. This is how the default ``fit_samples_per_class`` was chosen.
+
 Run::
 
     .venv/bin/python speed/rer_calibration.py [--pca auto none 0.9]
-        [--refit]
+        [--refit] [--graph-neighbors exact ivf]
+    .venv/bin/python speed/rer_calibration.py --sizes 1000 10000 50000
+        [--families gaussian manifold] [--budget fit=none fit=1000]
 """
 
 import argparse
@@ -218,6 +238,135 @@ def refit(rows):
     )
 
 
+def size_setting(family, per_class, num_classes=10, dim=512, seed=10):
+    """``(X, noisy labels, flipped mask)`` of a class-size setting."""
+    from fiftyone_hardness.methods.label_noise import inject_label_noise
+
+    n = per_class * num_classes
+    rng = np.random.default_rng(seed)
+    clean = np.repeat(np.arange(num_classes), per_class)
+    X = np.empty((n, dim), np.float32)
+    if family == "gaussian":
+        latent = 64
+        means = rng.normal(size=(num_classes, latent)) * 0.6
+        proj = rng.normal(size=(latent, dim)) / np.sqrt(latent)
+        for s in range(0, n, 20000):
+            c = clean[s : s + 20000]
+            z = means[c] + rng.normal(size=(len(c), latent))
+            X[s : s + 20000] = z @ proj + 0.5 * rng.normal(size=(len(c), dim))
+    else:
+        rank = 8
+        centers = rng.normal(0, 0.05, size=(num_classes, dim))
+        bases = rng.normal(0, 1 / np.sqrt(rank), (num_classes, rank, dim))
+        for s in range(0, n, 20000):
+            c = clean[s : s + 20000]
+            z = rng.normal(size=(len(c), rank))
+            X[s : s + 20000] = (
+                centers[c]
+                + np.tanh(np.einsum("nr,nrd->nd", z, bases[c]) * 2)
+                + rng.normal(0, 1.0, size=(len(c), dim))
+            )
+    labels, truth = inject_label_noise(
+        clean, num_classes, 0.2, kind="symmetric", seed=seed
+    )
+    return X, labels, truth
+
+
+def _budget_options(text):
+    """``fit=<n>|none``, ``epochs=<n>``, ``graph=exact|ivf|auto``, joined
+    by commas, as RERConfig options."""
+    options = {}
+    for part in text.split(","):
+        name, value = part.split("=")
+        if name == "graph":
+            options["graph_neighbors"] = value
+            continue
+        value = None if value == "none" else int(value)
+        if name == "fit":
+            options["fit_samples_per_class"] = value
+        elif name == "epochs":
+            options["epochs"] = value
+        else:
+            raise SystemExit(
+                "unknown budget %r: fit=<n>|none, epochs=<n>, "
+                "graph=exact|ivf, joined by commas" % text
+            )
+    if "epochs" in options:
+        options.setdefault("fit_samples_per_class", None)
+    return options
+
+
+def run_sizes(sizes, families, budgets):
+    """Prints the quality of each budget at each class size."""
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    from fiftyone_hardness.methods.rer import RERConfig, compute_rer
+
+    for family in families:
+        for per_class in sizes:
+            X, labels, truth = size_setting(family, per_class)
+            for text in budgets:
+                config = RERConfig.from_kwargs(
+                    method="rer", seed=10, **_budget_options(text)
+                )
+                start = time.perf_counter()
+                result = compute_rer(X, labels, config=config)
+                seconds = time.perf_counter() - start
+                print(
+                    "%-8s %6d per class  %-10s AUROC %.4f  F1 %.3f  noise "
+                    "%.3f (truth %.2f)  steps %5d  %6.1f s"
+                    % (
+                        family,
+                        per_class,
+                        text,
+                        roc_auc_score(truth, result.scores),
+                        f1_score(truth, result.flags),
+                        result.results["noise_rate"],
+                        truth.mean(),
+                        result.results["model_config"]["steps"],
+                        seconds,
+                    ),
+                    flush=True,
+                )
+
+
+def compare_graphs(sets, methods):
+    """Runs the settings once per graph neighbour search; prints each
+    one's quality and its differences from the first."""
+    rows = {}
+    for method in methods:
+        start = time.perf_counter()
+        rows[method] = run_settings(sets, graph_neighbors=method)
+        auroc, f1, mae, _ = quality(rows[method])
+        print(
+            "graph_neighbors=%-5s mean AUROC %.4f  F1 %.4f  noise MAE %.4f"
+            "  (%.0f s)"
+            % (method, auroc, f1, mae, time.perf_counter() - start)
+        )
+    first = rows[methods[0]]
+    for method in methods[1:]:
+        diffs = [
+            (
+                abs(
+                    a["result"].results["noise_rate"]
+                    - b["result"].results["noise_rate"]
+                ),
+                np.mean(a["result"].flags != b["result"].flags),
+            )
+            for a, b in zip(first, rows[method])
+        ]
+        print(
+            "  %s vs %s: largest noise-rate difference %.4f, largest share "
+            "of flags that differ %.4f"
+            % (
+                method,
+                methods[0],
+                max(d[0] for d in diffs),
+                max(d[1] for d in diffs),
+            )
+        )
+
+
 def _pca_value(text):
     if text == "none":
         return None
@@ -240,8 +389,36 @@ def main(argv=None):
         action="store_true",
         help="refit the calibration constants on the first " "--pca value",
     )
+    parser.add_argument(
+        "--graph-neighbors",
+        nargs="+",
+        default=None,
+        help="compare ways of finding the graph's neighbours (exact, ivf)",
+    )
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        type=int,
+        default=None,
+        help="run the class-size settings at these rows per class",
+    )
+    parser.add_argument(
+        "--families", nargs="+", default=["gaussian", "manifold"]
+    )
+    parser.add_argument(
+        "--budget",
+        nargs="+",
+        default=["fit=none", "fit=1000"],
+        help="training budgets to compare: fit=<n>, fit=none, epochs=<n>",
+    )
     args = parser.parse_args(argv)
+    if args.sizes:
+        run_sizes(args.sizes, args.families, args.budget)
+        return
     sets = feature_sets()
+    if args.graph_neighbors:
+        compare_graphs(sets, args.graph_neighbors)
+        return
     print(
         "%d settings; feature sets: %s"
         % (

@@ -285,16 +285,17 @@ def test_panel_without_runs_and_with_a_demo_run(digits):
 # ------------------------------------------------------------ live panel
 
 
-def _panel_event(uri, dataset, method, state):
+def _panel_event(uri, dataset, method, state, **params):
     result = foo.execute_operator(
         uri,
         dict(
             dataset=dataset,
-            params={
-                "__method__": method,
-                "panel_id": "test-panel",
-                "panel_state": state,
-            },
+            params=dict(
+                params,
+                __method__=method,
+                panel_id="test-panel",
+                panel_state=state,
+            ),
         ),
     )
     assert result.error is None, result.error
@@ -319,6 +320,9 @@ def test_panel_events_send_one_patch_and_idle_polls_nothing(plugin, two_runs):
 
     # the timer's poll with nothing changed: no request at all
     assert _panel_event(uri, two_runs, "on_poll", state) == []
+    # a class click sets the grid's view; the layout stays as it is
+    requests = _panel_event(uri, two_runs, "on_class_click", state, x="3")
+    assert [name for name, _ in requests] == ["set_view"]
 
     # a new run: the poll loads it
     two_runs.apply_hardness(
@@ -542,6 +546,17 @@ def test_review_queue_in_the_panel(two_runs):
     panel.on_poll(ctx)
     assert state.review_progress.startswith("3 of %d reviewed" % total)
     assert state.review_item["id"] != current
+
+
+def test_predicted_class_for_review_forms(two_runs):
+    dataset = two_runs
+    sample = dataset.first()
+    key, predicted = run_views.predicted_class(dataset, sample.id)
+    assert key == "second"  # the newest run with a prediction
+    assert predicted == sample["second_pred"]
+    assert run_views.predicted_class(
+        dataset, sample.id, label_field="other"
+    ) == (None, None)
 
 
 def test_review_queue_reranks_after_a_batch(two_runs):

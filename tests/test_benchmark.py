@@ -107,6 +107,92 @@ def test_report_files(tmp_path):
     }
 
 
+def test_label_types_run_at_their_own_rates():
+    settings = fhb.grid_settings(
+        ["pair", "zoom_shift"], [0.1, 0.2], [0], label_props=[0.05, 0.4]
+    )
+    assert settings == [
+        ("pair", 0.05, 0),
+        ("pair", 0.4, 0),
+        ("zoom_shift", 0.1, 0),
+        ("zoom_shift", 0.2, 0),
+    ]
+    assert fhb.grid_settings(["pair"], [0.1], [0, 1]) == [
+        ("pair", 0.1, 0),
+        ("pair", 0.1, 1),
+    ]
+    # the command line's grid: structured noise at 5 rates
+    assert fhb.DEFAULT_LABEL_PROPS == (0.05, 0.1, 0.2, 0.3, 0.4)
+    assert {"consensus", "consensus_agreement", "consensus_equal"} <= set(
+        fhb.DEFAULT_METHODS
+    )
+
+
+def _consensus_records():
+    """Two members and a consensus on two seeds of one setting, plus the
+    consensus's noise-rate estimate."""
+    records = []
+    for seed in (0, 1):
+        for method, auroc, f1, seconds in (
+            ("a", 0.90, 0.80, 5.0),
+            ("b", 0.85, 0.75, 1.0),
+        ):
+            record = _record(
+                "pair", seed, method, auroc, f1=f1, run_key=method
+            )
+            record["seconds"] = seconds
+            records.append(record)
+        estimate = 0.11 if seed == 0 else 0.15
+        records.append(
+            _record(
+                "pair",
+                seed,
+                "consensus",
+                0.95 - 0.1 * seed,
+                f1=0.85,
+                run_key="consensus",
+                consensus=True,
+                weighting="calibrated",
+                calibration_seconds=0.5,
+                rerun=["b"],
+                noise_rate_estimate=estimate,
+                noise_rate_true=0.1,
+                noise_rate_abs_error=abs(estimate - 0.1),
+                noise_rate_covered=seed == 0,
+            )
+        )
+    return records
+
+
+def test_consensus_against_its_best_member():
+    records = _consensus_records()
+    summary = br.summarize_grid(records)
+    column = summary["consensus"]["columns"]["pair"]["consensus"]
+    assert column["auroc"] == pytest.approx(0.9)
+    # a has the best mean AUROC (0.90); the consensus beat it on seed 0 only
+    assert column["best_auroc"] == ["a", pytest.approx(0.9)]
+    assert column["wins_auroc"] == 1 and column["settings"] == 2
+    assert column["best_f1"] == ["a", pytest.approx(0.8)]
+    assert column["wins_f1"] == 2
+    noise = summary["consensus"]["noise"]["consensus"]["pair"]["0.1"]
+    assert noise["abs_error"] == pytest.approx(0.03)
+    assert noise["within_goal"] == 0.5 and noise["covered"] == 0.5
+    cost = summary["consensus"]["cost"]
+    assert cost["rerun"] == ["b"] and cost["calibration"] == 0.5
+    assert cost["rerun_seconds"] == pytest.approx(1.0)
+    assert summary["consensus"]["weighting"] == {
+        "consensus": {"calibrated": 2}
+    }
+    text = br.markdown_report(summary, {})
+    assert "## Consensus vs its best member (mislabeling)" in text
+    assert "| pair | consensus | 0.900 | a | 0.900 | 1/2 |" in text
+    assert "**0.850** | a | 0.800 | 2/2 |" in text
+    assert "chosen by `speed/consensus_calibration.py`" in text
+    assert "**uniform** noise" in text
+    assert "0.130 (0.030; 50% within, 50% in interval)" in text
+    assert "re-runs `b` on the injected labels: 0.5 s" in text
+
+
 @pytest.fixture(scope="module")
 def clean_digits():
     from fiftyone_hardness import demo
@@ -155,6 +241,14 @@ def test_small_grid_on_digits(clean_digits, tmp_path):
     assert auroc["rer"]["uniform"] >= 0.95
     assert auroc["consensus"]["pair"] >= 0.9
     assert set(summary["stability"]["rer"]) == {"uniform", "pair"}
+    # the consensus was calibrated on injected noise (the k-NN vote is the
+    # cheap member it re-ran) and says how it did against its members
+    consensus = [r for r in summary["records"] if r["method"] == "consensus"]
+    assert {r["weighting"] for r in consensus} == {"calibrated"}
+    assert all(r["rerun"] == ["cleanlab_knn"] for r in consensus)
+    assert all(r["calibration_seconds"] > 0 for r in consensus)
+    assert all(r["noise_rate_covered"] is not None for r in consensus)
+    assert set(summary["consensus"]["columns"]) == {"uniform", "pair"}
 
     with open(os.path.join(out, "results.json")) as f:
         saved = json.load(f)
