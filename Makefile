@@ -34,7 +34,7 @@ test: setup browser
 
 # black and ruff read their settings (79 columns, excludes) from pyproject.toml
 lint: setup
-	@$(PY) -m black --check .
+	@BLACK_CACHE_DIR=$$(mktemp -d) $(PY) -m black --check .
 	@$(PY) -m ruff check .
 
 clean-venv:

@@ -646,34 +646,70 @@ def _run_doc_id(samples, key):
     return str(getattr(doc, "id", None) or key)
 
 
-def runs_signature(samples, runs=None):
-    """A cheap fingerprint of the hardness runs: changes when a run is
-    added, deleted, renamed or written again.
+def change_signatures(dataset_id=None, dataset_name=None):
+    """Returns ``(runs signature, samples signature)`` of a dataset, read
+    straight from the database in three small queries, without loading the
+    dataset (what the panel's timer asks every few seconds):
 
-    Args:
-        samples: the collection
-        runs (None): :func:`runs_newest_first`, if already read
+    - the runs: each run's key, document id, timestamp and whether its
+      results are saved. Changes when a run is added, deleted, renamed,
+      written again, or finishes being written;
+    - the samples: their number and the latest ``last_modified_at`` (one
+      lookup on FiftyOne's index). Changes when any sample is edited: a
+      label, a review, a run's fields.
+
+    Both are None when there is no such dataset.
     """
-    runs = runs_newest_first(samples) if runs is None else runs
-    return "|".join(
-        "%s@%s@%s" % (r["key"], r["id"], r["timestamp"]) for r in runs
+    import fiftyone.core.odm as foo
+    from bson import ObjectId
+
+    db = foo.get_db_conn()
+    query = (
+        {"_id": ObjectId(str(dataset_id))}
+        if dataset_id
+        else {"name": dataset_name}
     )
+    doc = db.datasets.find_one(
+        query, {"runs": True, "sample_collection_name": True}
+    )
+    if doc is None:
+        return None, None
+    refs = [getattr(r, "id", r) for r in (doc.get("runs") or {}).values()]
+    runs = db.runs.find(
+        {"_id": {"$in": refs}},
+        {"key": True, "timestamp": True, "results": True},
+    )
+    runs_sig = "|".join(
+        sorted(
+            "%s@%s@%s@%d"
+            % (
+                r.get("key"),
+                r["_id"],
+                r.get("timestamp"),
+                r.get("results") is not None,
+            )
+            for r in runs
+        )
+    )
+    coll = db[doc["sample_collection_name"]]
+    latest = coll.find_one(
+        {}, {"last_modified_at": True}, sort=[("last_modified_at", -1)]
+    )
+    samples_sig = "%d@%s" % (
+        coll.estimated_document_count(),
+        (latest or {}).get("last_modified_at"),
+    )
+    return runs_sig, samples_sig
+
+
+def runs_signature(samples):
+    """The runs part of :func:`change_signatures`."""
+    return change_signatures(dataset_id=samples._dataset._doc.id)[0]
 
 
 def samples_signature(samples):
-    """A cheap fingerprint of the dataset's samples: their number and the
-    latest ``last_modified_at`` (indexed by FiftyOne, so one index lookup).
-    Changes when any sample is edited: a label, a review, a run's fields."""
-    dataset = samples._dataset
-    coll = dataset._sample_collection
-    doc = coll.find_one(
-        {}, {"last_modified_at": True}, sort=[("last_modified_at", -1)]
-    )
-    latest = doc.get("last_modified_at") if doc else None
-    return "%d@%s" % (
-        coll.estimated_document_count(),
-        latest.isoformat() if latest else "",
-    )
+    """The samples part of :func:`change_signatures`."""
+    return change_signatures(dataset_id=samples._dataset._doc.id)[1]
 
 
 def labels_digest(ids, labels):

@@ -120,13 +120,20 @@ class ProbeResult(object):
             the probe was trained on
         folds: (N,) fold index of each sample (None for the k-NN vote)
         info: dict describing the probe (JSON-serializable)
+        neighbors: the k-NN vote's
+            :class:`~fiftyone_hardness.methods.neighbors.Neighbors` (for
+            reuse by another step on the same features, e.g. a review
+            queue's neighbour graph); None for the other probes
     """
 
-    def __init__(self, pred_probs, cv_accuracy, folds=None, info=None):
+    def __init__(
+        self, pred_probs, cv_accuracy, folds=None, info=None, neighbors=None
+    ):
         self.pred_probs = pred_probs
         self.cv_accuracy = cv_accuracy
         self.folds = folds
         self.info = info or {}
+        self.neighbors = neighbors
 
 
 def cross_val_probs(
@@ -444,7 +451,9 @@ def knn_vote_probs(
     }
     info["cv_accuracy"] = accuracy
     progress(1.0, "k-NN vote: accuracy %.3f" % accuracy)
-    return ProbeResult(pred_probs, accuracy, folds=None, info=info)
+    return ProbeResult(
+        pred_probs, accuracy, folds=None, info=info, neighbors=found
+    )
 
 
 def _vote(neighbours, labels, num_classes, k, device):

@@ -12,7 +12,9 @@ and, when several runs exist, the agreement of the scores the user picks.
 
 The panel is live: a timer (:class:`fiftyone.operators.types.TimerView`)
 polls a cheap signature of the runs (keys, run ids, timestamps) and of the
-samples (count and latest ``last_modified_at``, an index lookup), so that a
+samples (count and latest ``last_modified_at``, an index lookup), read
+straight from the database (:func:`~fiftyone_hardness.dataset_io.run_views.
+change_signatures`), so that a
 run computed, renamed, deleted or written again, and reviews, corrections
 and undos made anywhere, show without a manual Refresh; a run whose scored
 labels changed since it was computed is marked stale.
@@ -150,15 +152,23 @@ class HardnessPanel(foo.Panel):
     def on_poll(self, ctx):
         """The timer's event: refreshes what changed since the last look
         (runs, or samples: labels, reviews), and nothing otherwise."""
-        if ctx.dataset is None:
+        # the signatures come straight from the database: an idle poll
+        # does not even load the dataset (ctx.dataset reloads it)
+        dataset_id = getattr(ctx, "dataset_id", None)
+        name = getattr(ctx, "dataset_name", None)
+        if not (dataset_id or name):
+            if ctx.dataset is None:
+                return
+            dataset_id = ctx.dataset._doc.id
+        runs_sig, samples_sig = run_views.change_signatures(
+            dataset_id=dataset_id, dataset_name=name
+        )
+        if runs_sig is None:
             return
         state = ctx.panel.state
-        if run_views.runs_signature(ctx.dataset) != state.runs_signature:
+        if runs_sig != state.runs_signature:
             self._refresh(ctx)
-            return
-        if run_views.samples_signature(ctx.dataset) != (
-            state.samples_signature
-        ):
+        elif samples_sig != state.samples_signature:
             self._refresh_samples(ctx)
         elif state.review_building:
             self._load_review(ctx)  # the re-ranking graph may be ready
@@ -421,11 +431,10 @@ class HardnessPanel(foo.Panel):
         dataset = ctx.dataset
         runs = run_views.runs_newest_first(dataset) if dataset else []
         _choose_run(state, runs)
-        state.runs_signature = (
-            run_views.runs_signature(dataset, runs) if dataset else None
-        )
-        state.samples_signature = (
-            run_views.samples_signature(dataset) if dataset else None
+        state.runs_signature, state.samples_signature = (
+            run_views.change_signatures(dataset_id=dataset._doc.id)
+            if dataset
+            else (None, None)
         )
         results = self._results(ctx)
         if results is None:

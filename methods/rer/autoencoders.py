@@ -137,7 +137,6 @@ class BatchedAutoencoders:
         out = self.decode(z)
         return out.sub_(x.unsqueeze(0)).square_().sum(dim=2).sqrt_()
 
-
     def errors_of(self, index, x):
         """``||x_i - AE_index(x_i)||_2`` for the rows of ``x`` (B, D) under
         the one model ``index``: returns (B,). The layers of
