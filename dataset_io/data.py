@@ -172,6 +172,14 @@ def member_runs_loader(samples):
         out = []
         for score in resolve_member(samples, member):
             config = samples.get_run_info(score.run_key).config
+            # the schema of score_members has no results; the noise rate
+            # is in the run's results
+            results = samples.load_run_results(score.run_key)
+            if results is not None:
+                score = next(
+                    (s for s in results.scores() if s.member == score.member),
+                    score,
+                )
             params = {
                 k: v
                 for k, v in config.serialize().items()

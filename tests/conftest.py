@@ -80,15 +80,17 @@ def auroc(truth, scores):
 
 @pytest.fixture(scope="session")
 def digits_embedded(digits_dataset):
-    """The digits dataset with offline-backbone embeddings in
-    ``embeddings`` (64 px inputs), computed once per session."""
+    """A copy of the digits dataset with offline-backbone embeddings in
+    ``embeddings`` (64 px inputs), computed once per session. A copy, so
+    that the ``digits`` clones of other tests never see a field they did
+    not make (tests would otherwise depend on their order)."""
     import fiftyone_hardness as foh
 
-    if not digits_dataset.has_field("embeddings"):
-        foh.compute_embeddings(
-            digits_dataset, embeddings_field="embeddings", image_size=64
-        )
-    return digits_dataset
+    dataset = digits_dataset.clone("hardness-test-digits-embedded")
+    foh.compute_embeddings(
+        dataset, embeddings_field="embeddings", image_size=64
+    )
+    return dataset
 
 
 @pytest.fixture
