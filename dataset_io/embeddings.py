@@ -15,6 +15,7 @@ import threading
 import fiftyone as fo
 import fiftyone.core.media as fom
 
+from fiftyone_hardness.dataset_io.locks import dataset_lock
 from fiftyone_hardness.dataset_io.runs import to_jsonable
 from fiftyone_hardness.methods import embeddings as fhe
 from fiftyone_hardness.methods.base import HardnessError
@@ -51,18 +52,17 @@ def compute_embeddings(samples, config, progress):
             "media type '%s'" % samples.media_type
         )
     field = config.embeddings_field
+    progress(0.0, "loading %s" % config.model)
     embedder = fhe.load_embedder(
         model=config.model,
         pretrained=config.pretrained,
         device=config.device,
         image_size=config.image_size,
     )
-    _check_provenance(samples, field, embedder.info)
-    created = not samples._dataset.has_sample_field(field)
     # recorded before the first write: a field filled halfway by an
     # interrupted run is still attributed to its model, so that a later
     # run with another model cannot mix vectors into it
-    _record_provenance(samples, field, embedder.info)
+    created = _claim_field(samples, field, embedder.info)
 
     ids, filepaths = _samples_to_embed(samples, field, config.skip_existing)
     result = {
@@ -82,7 +82,7 @@ def compute_embeddings(samples, config, progress):
     result["num_embedded"] = writer.num_written
 
     if created and not result["num_embedded"]:
-        samples._dataset.delete_sample_field(field)
+        _release_field(samples, field)
     for sample_id, error in result["failed"].items():
         logger.warning("Could not embed sample %s: %s", sample_id, error)
     return result
@@ -198,9 +198,56 @@ def _write_vectors(samples, field, vectors):
     samples.set_values(field, vectors, key_field="id")
 
 
+#: what must agree between the provenance recorded on a field and the
+#: model about to write into it: vectors that differ in any of these are not
+#: comparable. (``pretrained`` is not compared: the path of one checkpoint
+#: differs from machine to machine, e.g. between two workers.)
+_PROVENANCE_KEYS = ("model", "dim", "image_size", "normalized")
+
+
+def _claim_field(samples, field, info):
+    """Checks and records what writes into ``field`` as one step, under the
+    dataset's write lock and on a freshly reloaded schema, so that several
+    processes embedding shards of one dataset at once (e.g. delegated
+    operations run by ``fiftyone delegated launch`` workers) agree: the
+    first creates the field and records its model, the others find that
+    record, accept it when it names the same model, and are refused with a
+    :class:`~fiftyone_hardness.methods.base.HardnessError` when it does
+    not.
+
+    Returns:
+        whether this call created the field
+    """
+    dataset = samples._dataset
+    with dataset_lock(
+        dataset, "recording the model of embeddings field '%s'" % field
+    ):
+        # another process may have created the field or recorded its model
+        # since this dataset was loaded
+        dataset.reload()
+        _check_provenance(samples, field, info)
+        created = not dataset.has_sample_field(field)
+        if created or get_embeddings_info(dataset, field) != to_jsonable(info):
+            _record_provenance(samples, field, info)
+    return created
+
+
+def _release_field(samples, field):
+    """Deletes ``field``, created by a run that wrote nothing into it,
+    unless another process wrote into it meanwhile."""
+    dataset = samples._dataset
+    with dataset_lock(
+        dataset, "removing the empty embeddings field '%s'" % field
+    ):
+        dataset.reload()
+        if dataset.has_sample_field(field) and not len(dataset.exists(field)):
+            dataset.delete_sample_field(field)
+
+
 def _check_provenance(samples, field, info):
     """Refuses to write into a field that holds something else: vectors of
-    another model, or values we did not write (a user's own field)."""
+    another model (or of the same model at another input size), or values
+    we did not write (a user's own field)."""
     if not samples.has_field(field):
         return
     recorded = get_embeddings_info(samples, field)
@@ -211,21 +258,33 @@ def _check_provenance(samples, field, info):
             "not write; choose another embeddings_field (or delete that "
             "field first if you no longer need it)" % field
         )
-    if recorded and (
-        recorded.get("model") != info["model"]
-        or recorded.get("dim") != info["dim"]
-    ):
+    if recorded and _differs(recorded, info):
         raise HardnessError(
-            "Field '%s' holds %s embeddings (dim %s); choose another "
-            "embeddings_field for %s (dim %s)"
+            "Field '%s' holds %s embeddings (%s); choose another "
+            "embeddings_field for %s (%s)"
             % (
                 field,
                 recorded.get("model"),
-                recorded.get("dim"),
-                info["model"],
-                info["dim"],
+                _settings(recorded),
+                info.get("model"),
+                _settings(info),
             )
         )
+
+
+def _differs(recorded, info):
+    for key in _PROVENANCE_KEYS:
+        if key in recorded and key in info and recorded[key] != info[key]:
+            return True
+    return False
+
+
+def _settings(info):
+    """E.g. "dim 1280, image_size 32"."""
+    parts = ["dim %s" % info.get("dim")]
+    if info.get("image_size") is not None:
+        parts.append("image_size %s" % info["image_size"])
+    return ", ".join(parts)
 
 
 def _record_provenance(samples, field, info):

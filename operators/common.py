@@ -13,6 +13,7 @@ Operators stay thin: they parse the form and call
 import logging
 import queue
 import threading
+import time
 
 import fiftyone as fo
 import fiftyone.operators as foo
@@ -193,6 +194,84 @@ def target_input(ctx, inputs, label_field=None, verb="Scores"):
     return target
 
 
+#: the most delegated operations :func:`delegated_runs_input` lists
+MAX_DELEGATED_SHOWN = 5
+
+
+def delegated_runs(dataset, plugin_name):
+    """Returns the delegated operations of the plugin ``plugin_name`` on
+    ``dataset`` that are queued or running, as dicts (``id``,
+    ``operator``, ``state``, ``progress`` (a fraction, or None), ``label``
+    and ``updated_at``), running ones first, with the progress their
+    workers stored (:func:`run_with_progress`).
+
+    FiftyOne Enterprise's runs page shows the same stored progress; the
+    open-source App has no such page, so the plugin's forms show these
+    (:func:`delegated_runs_input`).
+    """
+    from fiftyone.operators.delegated import DelegatedOperationService
+    from fiftyone.operators.executor import ExecutionRunState
+
+    service = DelegatedOperationService()
+    rows = []
+    for state in (ExecutionRunState.RUNNING, ExecutionRunState.QUEUED):
+        for op in service.list_operations(
+            dataset_id=dataset._doc.id, run_state=state
+        ):
+            if not op.operator.startswith(plugin_name + "/"):
+                continue
+            status = op.status
+            rows.append(
+                {
+                    "id": str(op.id),
+                    "operator": op.operator.rsplit("/", 1)[-1],
+                    "state": str(state),
+                    "progress": getattr(status, "progress", None),
+                    "label": getattr(status, "label", None),
+                    "updated_at": getattr(status, "updated_at", None),
+                }
+            )
+    return rows
+
+
+def describe_delegated_run(row):
+    """E.g. "compute_embeddings: running, 64% (64/100 images)"."""
+    text = "%s: %s" % (row["operator"], row["state"])
+    if row["progress"] is not None:
+        text += ", %d%%" % int(round(100 * row["progress"]))
+    if row["label"]:
+        text += " (%s)" % row["label"]
+    return text
+
+
+def delegated_runs_input(ctx, inputs, plugin_name):
+    """Adds a notice listing the plugin's delegated operations on the
+    dataset that are queued or running, with the progress their workers
+    stored (nothing when there are none). Never fails the form.
+
+    Returns:
+        the rows of :func:`delegated_runs` (empty when none or unknown)
+    """
+    if not plugin_name or ctx.dataset is None:
+        return []
+    try:
+        rows = delegated_runs(ctx.dataset, plugin_name)
+    except Exception as e:  # the form works without it
+        logger.debug("Could not list delegated operations: %s", e)
+        return []
+    if rows:
+        shown = [describe_delegated_run(r) for r in rows[:MAX_DELEGATED_SHOWN]]
+        if len(rows) > MAX_DELEGATED_SHOWN:
+            shown.append("%d more" % (len(rows) - MAX_DELEGATED_SHOWN))
+        inputs.view(
+            "delegated_runs",
+            types.Notice(
+                label="Delegated runs on this dataset: %s" % "; ".join(shown)
+            ),
+        )
+    return rows
+
+
 def describe_target(ctx, target, label_field=None, verb="Scores"):
     """Returns the sentence :func:`target_input` shows, e.g. "Scores 1,797
     samples (the whole dataset); 1,797 have a 'ground_truth' label, of 10
@@ -302,19 +381,65 @@ def run_key_input(ctx, inputs, default):
     return not (exists and not overwrite)
 
 
+#: the fewest seconds between two progress updates that a delegated run
+#: stores (each is a write to the database)
+STORED_PROGRESS_INTERVAL = 0.5
+
+
+class _StoredProgress(object):
+    """The progress callable of a delegated run: passes ``(fraction,
+    message)`` to ``ctx.set_progress``, which FiftyOne stores on the
+    delegated operation (its ``status``: progress, label, time), where the
+    App's runs page shows it while the run goes on. At most one update is
+    stored every :data:`STORED_PROGRESS_INTERVAL` seconds (and the end, a
+    fraction of 1, at once); :meth:`flush` stores the last one held
+    back."""
+
+    def __init__(self, ctx, interval=None):
+        self.ctx = ctx
+        self.interval = (
+            STORED_PROGRESS_INTERVAL if interval is None else interval
+        )
+        self._stored_at = None
+        self._held = None
+
+    def __call__(self, fraction, message=""):
+        now = time.monotonic()
+        if (
+            self._stored_at is None
+            or now - self._stored_at >= self.interval
+            or (fraction is not None and fraction >= 1)
+        ):
+            self._store(fraction, message, now)
+        else:
+            self._held = (fraction, message)
+
+    def _store(self, fraction, message, now):
+        self._held = None
+        self._stored_at = now
+        self.ctx.set_progress(progress=fraction, label=message)
+
+    def flush(self):
+        """Stores the last update that was held back, if any."""
+        if self._held is not None:
+            self._store(*self._held, now=time.monotonic())
+
+
 def run_with_progress(ctx, function, **kwargs):
     """Calls ``function(progress=..., **kwargs)``, reporting its progress to
     the App. A generator: use ``result = yield from run_with_progress(...)``.
 
-    Delegated executions report through ``ctx.set_progress``; immediate
-    ones run the function in a thread and yield ``set_progress`` triggers.
+    Delegated executions report through ``ctx.set_progress``, which
+    FiftyOne stores on the delegated operation for the App (see
+    :class:`_StoredProgress`); immediate ones run the function in a thread
+    and yield ``set_progress`` triggers.
     """
     if ctx.delegated:
-
-        def report(fraction, message=""):
-            ctx.set_progress(progress=fraction, label=message)
-
-        return function(progress=report, **kwargs)
+        report = _StoredProgress(ctx)
+        try:
+            return function(progress=report, **kwargs)
+        finally:
+            report.flush()
 
     updates = queue.Queue()
     outcome = {}
@@ -397,7 +522,17 @@ def error_output(title, message):
 
 def stream_to_app(ctx, steps, output=None, title="The operation"):
     """Runs ``steps``, the generator of a generator operator's work, for
-    the App, and makes its end visible there:
+    the App, and makes its end visible there.
+
+    A delegated execution (run by a ``fiftyone delegated launch`` worker)
+    has no App to stream to: it runs ``steps`` to the end and returns its
+    result dict, which FiftyOne stores on the delegated operation
+    (``result.result``) beside the progress reported on the way (see
+    :func:`run_with_progress`); FiftyOne drops whatever a generator
+    yields there, so a generator would store nothing. An exception fails
+    the operation with its message.
+
+    Otherwise it returns a generator for the App:
 
     -   its messages (progress, triggers) are passed on;
     -   the last dict it yields, its result, is shown with ``output(result)``
@@ -405,8 +540,8 @@ def stream_to_app(ctx, steps, output=None, title="The operation"):
         dialog that showed the progress;
     -   an exception is shown in that dialog too, as an error notification
         with its message, and as the failed state of the operator's prompt;
-        it is then re-raised, so that Python callers of the operator and
-        delegated runs fail as before.
+        it is then re-raised, so that Python callers of the operator see
+        it.
 
     Without this, FiftyOne's generator stream drops the result, and an
     exception only ends the stream: the App closes the prompt as if the
@@ -418,7 +553,27 @@ def stream_to_app(ctx, steps, output=None, title="The operation"):
         output (None): a function of the result returning the output
             property to show, or None to show nothing
         title ("The operation"): what failed, e.g. the operator's label
+
+    Returns:
+        the JSON-able result dict (delegated), or a generator of messages
     """
+    if ctx.delegated:
+        return _run_to_end(steps)
+    return _stream(ctx, steps, output, title)
+
+
+def _run_to_end(steps):
+    """Runs ``steps`` to its end; returns its last dict, JSON-able."""
+    from fiftyone_hardness.dataset_io.runs import to_jsonable
+
+    result = None
+    for item in steps:
+        if not isinstance(item, GeneratedMessage):
+            result = item
+    return None if result is None else to_jsonable(result)
+
+
+def _stream(ctx, steps, output, title):
     result = None
     try:
         for item in steps:
@@ -427,16 +582,13 @@ def stream_to_app(ctx, steps, output=None, title="The operation"):
             else:
                 result = item
     except Exception as e:
-        if not ctx.delegated:
-            message = error_text(e)
-            failed = "%s failed" % title
-            yield ctx.ops.show_output(
-                error_output(failed, message).to_json(), {}
-            )
-            yield ctx.ops.notify(message, variant="error")
-            yield error_line(message)
+        message = error_text(e)
+        failed = "%s failed" % title
+        yield ctx.ops.show_output(error_output(failed, message).to_json(), {})
+        yield ctx.ops.notify(message, variant="error")
+        yield error_line(message)
         raise
-    if result is not None and output is not None and not ctx.delegated:
+    if result is not None and output is not None:
         yield ctx.ops.show_output(output(result).to_json(), result)
 
 
@@ -629,6 +781,7 @@ class HardnessOperator(foo.Operator):
         ready = label_field is not None
         if ready:
             target_input(ctx, inputs, label_field)
+            delegated_runs_input(ctx, inputs, self.plugin_name)
             ready = self.source_inputs(ctx, inputs) is not False
         if ready:
             # validated with the source's values, e.g. the field that

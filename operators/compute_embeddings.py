@@ -18,6 +18,7 @@ from fiftyone_hardness.methods.embeddings import (
     EmbeddingsConfig,
 )
 from fiftyone_hardness.operators.common import (
+    delegated_runs_input,
     run_with_progress,
     stream_to_app,
     target_input,
@@ -150,6 +151,7 @@ class ComputeEmbeddings(foo.Operator):
             )
             return types.Property(inputs)
         target_input(ctx, inputs, verb="Embeds")
+        delegated_runs_input(ctx, inputs, self.plugin_name)
         config_inputs(
             inputs, _form_values(ctx), EmbeddingsConfig, hide=_hidden(ctx)
         )
