@@ -36,7 +36,8 @@ by the tests:
 
 for each ``--budget`` (``fit=<n>`` / ``fit=none``: ``fit_samples_per_class``;
 ``epochs=<n>``), printing AUROC, F1, the noise-rate error and the seconds
-per setting. This is how the default ``fit_samples_per_class`` was chosen.
+per setting. (The default ``fit_samples_per_class`` was chosen by
+``speed/rer_budget.py``.)
 
 Run::
 

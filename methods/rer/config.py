@@ -108,7 +108,8 @@ class RERConfig(MethodConfig):
     )
     epochs: int = param(
         10,
-        "Passes over the average class; longer training memorizes "
+        "Passes over the average fitted class (at most "
+        "fit_samples_per_class samples); longer training memorizes "
         "mislabeled samples (the thresholds are fitted for 10)",
         minimum=1,
         label="Epochs",
@@ -123,11 +124,28 @@ class RERConfig(MethodConfig):
         label="Fraction of each class used to fit",
     )
     fit_samples_per_class: int = param(
-        None,
-        "At most this many samples per class are used to fit; empty for all",
+        1000,
+        "At most this many samples per class (a random subset) are used to "
+        "fit; every sample is scored. The cap keeps the training steps and "
+        "the kNN graph from growing with the class size: on larger classes "
+        "the autoencoders learned their mislabeled samples (1000 was chosen "
+        "on classes of 1k-50k samples, speed/rer_budget.py); empty for all",
         kind="int",
         minimum=2,
+        optional=True,
         label="At most this many samples per class to fit",
+    )
+    samples_per_epoch: int = param(
+        None,
+        "The samples per class that make one epoch: training runs "
+        "epochs * ceil(min(mean fitted class size, this) / batch_size) "
+        "steps. A cap on the steps that fits every sample (with "
+        "fit_samples_per_class=None); measured below the default's "
+        "subsampling in speed/rer_budget.py. Empty for the mean fitted "
+        "class size",
+        kind="int",
+        minimum=1,
+        form=False,
     )
     pca_components: object = param(
         "auto",

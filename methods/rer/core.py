@@ -249,9 +249,8 @@ def _make_plan(X, fit_rows, config, device, explained, input_dims):
     import torch
 
     dim = X.shape[1]
-    fit_counts = np.array([len(r) for r in fit_rows])
     steps_per_epoch = max(
-        1, int(math.ceil(fit_counts.mean() / config.batch_size))
+        1, int(math.ceil(_epoch_samples(fit_rows, config) / config.batch_size))
     )
     steps = int(max(config.epochs * steps_per_epoch, config.min_steps or 0))
     ab = None
@@ -274,6 +273,17 @@ def _make_plan(X, fit_rows, config, device, explained, input_dims):
         num_threads=torch.get_num_threads() if device == "cpu" else None,
         error_classes="all",
     )
+
+
+def _epoch_samples(fit_rows, config):
+    """The samples per class of one epoch: the mean fitted class size, at
+    most ``samples_per_epoch``. The cap keeps the step count from growing
+    with the class size: more steps on a large class let its autoencoder
+    learn its mislabeled samples (``speed/rer_budget.py``)."""
+    mean = float(np.mean([len(r) for r in fit_rows]))
+    if config.samples_per_epoch:
+        return min(mean, float(config.samples_per_epoch))
+    return mean
 
 
 def _error_classes(config, num_present, keep_errors):
