@@ -24,6 +24,14 @@ A run is *stale* when the labels it scored have changed since it was
 computed: :func:`~fiftyone_hardness.dataset_io.run_views.labels_digest` of
 the scored ``(id, label)`` pairs is stored with the run (``labels_digest`` in its results) and compared with
 the labels now (:func:`run_staleness`).
+
+Memory per cached queue (at most :data:`CACHE_SIZE`), for N scored samples
+and k neighbours: the ids (a string array and a dict id -> row), labels,
+scores and predicted class names, about ``0.4 KB x N``, and the
+:class:`~fiftyone_hardness.methods.reranking.Reranker`, about
+``16 N k + 70 N`` bytes: 0.6 GB at N = 1M, k = 10, up to 2.4 GB for four
+queues. Building the graph adds the (N, D) features and the neighbour
+index's peak once (2 + 1.3 GB at D = 512), freed when it is built.
 """
 
 import collections

@@ -21,6 +21,16 @@ Reading labelled data is :mod:`fiftyone_hardness.dataset_io.data`.
 
 The run classes live here, at a stable import path, because FiftyOne stores
 the full class path of every run config in MongoDB.
+
+Memory of the write path (:func:`write_fields`), for N rows and F scalar
+columns: it is not chunked. Every value becomes a Python object (about 33
+bytes) and every sample one ``UpdateOne`` (about ``0.7 KB + 17 F``), all
+built before the bulk write (which FiftyOne sends in batches): about
+``N x (0.8 KB + 50 F)`` bytes, 2.8 GB at N = 1M, F = 40 (a ``dynamics``
+run), 1 GB at F = 3. A vector column (e.g. cleanlab's stored probabilities)
+goes through ``tolist()`` to ``set_values``: about ``37 N K`` bytes before
+FiftyOne's own copy, 3.7 GB at K = 100. Writing chunks of ids would bound
+both; not done yet.
 """
 
 import datetime

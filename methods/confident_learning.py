@@ -18,6 +18,21 @@ with a cross-validated probe or a leave-one-out k-NN vote
 (:mod:`fiftyone_hardness.methods.probes`).
 
 Stored score: ``1 - label quality`` (higher = more likely mislabeled).
+
+Memory: cleanlab takes the (N, K) probabilities dense, so an N x K array
+is unavoidable; the unit is ``8 N K`` bytes (800 MB at N = 1M, K = 100).
+Beyond the caller's array: the validated float64 copy (1x), and in
+:func:`cleanlab.filter.find_label_issues` with a pruning rule a copy
+grouped by class (1x, which cleanlab keeps in a module global until its
+next call) and another in its ``_reduce_issues`` (1x), plus N x K bools
+per confident joint: peak about ``3.1 x 8 N K`` + O(N), 2.5 GB at 1M x 100.
+An ensemble of E members adds about ``2 E x 8 N K`` (validated copies,
+stacked for their mean). The batched path bounds only the flagging step
+(the scores and the health summary still read the full array). Reading a
+predictions field is the largest step: ``values()`` returns Python floats
+(about 37 bytes each) held with the stacked array and the softmax, about
+``61 N K`` bytes (6 GB at 1M x 100); a chunked read would bound it (not
+done yet).
 """
 
 import logging

@@ -39,6 +39,15 @@ Weighting (``ConsensusConfig.weighting``):
 
 ``results["weighting"]`` says which one ran (``"calibrated"`` falls back
 to ``"agreement"`` when no member can be re-run, and says why).
+
+Memory, for N samples and M members, beyond their (M, N) scores and flags:
+the (N, M) normal scores (``8 N M`` bytes), the re-run members' scores
+(at most ``8 N M`` more), about ``2 x 8 N M`` of centred copies in
+:func:`discriminant_weights`, and O(N) per pair for the Spearman matrix;
+the correlations are M x M. No N x N array: about 0.2 GB at N = 1M,
+M = 6. ``"calibrated"`` adds the embeddings, read once for all re-runs
+(``4 N D``, 2 GB at D = 512), and one re-run's own peak at a time (e.g.
+confident learning's, :mod:`~fiftyone_hardness.methods.confident_learning`).
 """
 
 import dataclasses

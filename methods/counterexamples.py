@@ -22,6 +22,17 @@ random candidates; with ``+1`` less often.
 Everything here works on numpy arrays;
 :func:`fiftyone_hardness.dataset_io.counterexamples.find_counterexamples`
 reads them from a collection. See ``docs/methods.md`` section 6.
+
+Memory, for N samples, D dims, K classes, ``P = D + 1``, m = fisher_size
+and r <= m the Fisher rank, beyond the (N, D) features: the probe's
+float64 copy and standardized copy (``2 x 8 N D`` bytes, with
+scikit-learn's solver state, a few ``8 N K``), then the last-layer inputs
+and probabilities of all N rows (``8 N (P + K)`` kept, about ``3 x 8 N D``
+while built), the Fisher gradients and their SVD (``3 x 8 m K P``) and
+one embedding batch (``8 x 2048 r K``). About ``3 x 8 N D``: 12 GB at
+N = 1M, D = 512 (123 + 164 MB for the Fisher part at m = r = K = 100).
+Only the candidates (about N / K rows), the Fisher subset and the queried
+row need inputs, so most of that is avoidable; not changed yet.
 """
 
 import logging

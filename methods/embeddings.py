@@ -24,6 +24,15 @@ The pipeline of :func:`embed_files` keeps the model busy:
 ``preprocess="pil"`` is the reference path: the transform applied to each
 PIL image, as torchvision documents it. The two agree within the rounding
 of a resize (tests/test_embeddings.py).
+
+Memory does not grow with N beyond the list of paths: the loader holds at
+most ``prefetch`` batches ahead (``num_workers x prefetch`` with worker
+processes), plus the batch being preprocessed and one in flight: about
+``(prefetch + 2) x B x (3 H W + 12 S^2)`` bytes for B images of H x W
+decoded to uint8 and preprocessed to S x S float32, plus the model and one
+forward pass. At B = 64, prefetch 2, 500 x 375 JPEGs, S = 224: about
+0.3 GB. The writer (:mod:`fiftyone_hardness.dataset_io.embeddings`) holds
+at most ``4 x write_every`` vectors (8 MB at 1024 x 512 float32).
 """
 
 import collections

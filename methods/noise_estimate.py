@@ -19,6 +19,13 @@ The defaults (:data:`DEFAULT_INJECTION_RATE`, :data:`SLOPE_TOLERANCE`,
 :data:`SLOPE_SPREAD`) were chosen on the digits embeddings with *uniform*
 noise and seeds 100-101 only; the benchmark grid evaluates them on the
 other kinds of noise and seeds (``docs/benchmark/report.md``).
+
+Memory: O(N) only. :func:`inject_calibration_noise` keeps the labels as
+int64, their noisy copy and the mask (``17 N`` bytes) plus the chosen rows
+(``8 rate N``; numpy may draw them from a permutation of N, ``8 N``):
+at most about ``33 N`` bytes, 33 MB at N = 1M; the estimators work on a
+handful of numbers. The cost of calibration is the members' re-runs on the
+injected labels (:mod:`~fiftyone_hardness.methods.consensus`), not this.
 """
 
 import logging

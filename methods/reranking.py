@@ -34,6 +34,14 @@ with re-ranking and with the fixed ranking.
 Arrays only: the FiftyOne side (which samples, which labels, the cache per
 run) is :mod:`fiftyone_hardness.dataset_io.review_queue`. See
 ``docs/app.md`` (review in the panel) for the measured gain and speed.
+
+Memory, for N samples and k neighbours: the graph (``8 N k`` bytes) and
+its reverse lists (``8 N k + 8 N``; ``3 x 8 N k`` while sorted), about ten
+per-sample arrays of :class:`Reranker` (``~70 N``) and a full vote over
+all rows (``~25 N k``, transient); an update touches O(batch x k) rows.
+The graph is built once, with the neighbour index's own peak
+(:mod:`~fiftyone_hardness.methods.neighbors`). No N x N array: about
+0.5 GB at N = 1M, k = 10 (plus the index's 1.3 GB at D = 512).
 """
 
 import logging
