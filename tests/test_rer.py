@@ -464,6 +464,36 @@ def test_quality_does_not_fall_with_class_size():
     assert aurocs[10000] >= aurocs[1000] - 0.005, aurocs
 
 
+def test_candidate_classes_give_the_exact_decisions():
+    """Issue 14: with many classes each sample is evaluated under its own
+    class, its random wrong label, the 10 classes with the nearest
+    centroids and 4 random others instead of all K. The scores' ranking and
+    the flags are those of the exact computation (measured on 10k x 128,
+    K = 50, another seed: flags 99.90% equal, AUROC 0.9917 both, 2.9x
+    faster). The minimum error over the other classes matches on 92% of
+    samples only (centroids are a proxy for the autoencoder that
+    reconstructs a sample best): docs/performance.md."""
+    from sklearn.metrics import roc_auc_score
+
+    X, noisy, mask = _gaussian_classes(100, 40, 64, seed=31)
+    exact = rer.compute_rer(
+        X, noisy, config=RERConfig(nearest_classes=None, num_threads=1)
+    )
+    approx = rer.compute_rer(X, noisy, config=RERConfig(num_threads=1))
+    assert approx.results["model_config"] != exact.results["model_config"]
+    assert np.mean(exact.flags == approx.flags) >= 0.995
+    assert np.mean(exact.preds == approx.preds) >= 0.98
+    assert (
+        abs(
+            roc_auc_score(mask, exact.scores)
+            - roc_auc_score(mask, approx.scores)
+        )
+        <= 0.003
+    )
+    # the own-class error is computed exactly in both
+    assert np.allclose(exact.stats.own, approx.stats.own, rtol=1e-5)
+
+
 # ---------------------------------------------------------------------------
 # Quality on digits with known noise
 # ---------------------------------------------------------------------------
