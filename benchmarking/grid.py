@@ -17,6 +17,10 @@ From a shell::
     # the built-in digits demo (clean labels, offline embeddings)
     python -m fiftyone_hardness.benchmarking --demo
 
+    # re-render (or merge) finished grids' reports from their results
+    python -m fiftyone_hardness.benchmarking \\
+        --report-from a/results.json b/results.json --output-dir docs/benchmark
+
 From Python::
 
     import fiftyone_hardness.benchmarking.grid as fhb
@@ -628,7 +632,11 @@ def _grid_config(
         "label field": label_field,
         "features": _describe_features(samples, embeddings_field),
         "hardness types": types,
-        "rates": rates[0],
+        "rates": (
+            rates[0]
+            if not all(_is_label_type(t) for t in types)
+            else "- (no image or atypical type)"
+        ),
         "mislabeling rates": rates[1],
         "seeds": seeds,
         "methods": methods,
@@ -707,6 +715,79 @@ def load_demo_source(name="hardness-digits-clean"):
     return dataset
 
 
+def rewrite_report(results_paths, output_dir=None):
+    """Re-renders a grid's report from its ``results.json`` (after a change
+    to the report code) without running anything, or merges the results
+    of several grids run on the same source with the same methods (e.g.
+    one per group of hardness types) into one report.
+
+    The summary is computed again from the stored records; the stability
+    across seeds, which needs the scores, is kept as stored (per method and
+    hardness type, so grids over different types merge exactly).
+
+    Args:
+        results_paths: one ``results.json`` written by
+            :func:`run_benchmark`, or a list of them
+        output_dir (None): where to write; None for the folder of the first
+            ``results.json``
+
+    Returns:
+        the new summary
+    """
+    if isinstance(results_paths, str):
+        results_paths = [results_paths]
+    saved = []
+    for path in results_paths:
+        with open(path) as f:
+            saved.append(json.load(f))
+    records = [r for s in saved for r in s["records"]]
+    config = _merged_config([s["config"] for s in saved])
+    summary = benchmark_report.summarize_grid(records)
+    stability = {}
+    for s in saved:
+        for method, by_type in (s.get("stability") or {}).items():
+            stability.setdefault(method, {}).update(by_type)
+    if stability:
+        summary["stability"] = stability
+    summary.update(config=config, records=records)
+    output_dir = output_dir or os.path.dirname(
+        os.path.abspath(results_paths[0])
+    )
+    summary["report"] = _write_outputs(summary, config, output_dir)
+    return summary
+
+
+def _merged_config(configs):
+    """One report header for several grids: types, rates and seeds joined,
+    settings and wall times added up."""
+    if len(configs) == 1:
+        return dict(configs[0])
+    config = dict(configs[0])
+
+    def joined(key, ordered=False):
+        values = []
+        for c in configs:
+            for v in c.get(key) or []:
+                if v not in values:
+                    values.append(v)
+        return values if ordered else sorted(values)
+
+    config["hardness types"] = joined("hardness types", ordered=True)
+    for key in ("rates", "mislabeling rates", "seeds"):
+        config[key] = joined(key)
+    if all(_is_label_type(t) for t in config["hardness types"]):
+        # no type ran at the image / atypical rates
+        config.pop("rates", None)
+    config["settings"] = sum(int(c.get("settings") or 0) for c in configs)
+    seconds = [float(str(c.get("wall time", "0")).split()[0]) for c in configs]
+    config["wall time"] = "%.0f s (%d grid runs: %s)" % (
+        sum(seconds),
+        len(configs),
+        " + ".join("%.0f s" % s for s in seconds),
+    )
+    return config
+
+
 def best_method_lines(summary):
     """One line per method, best mean rank first."""
     return ["%-22s %.2f" % (m, r["mean"]) for m, r in summary["ranks"].items()]
@@ -717,6 +798,10 @@ def main(argv=None):
     prints the ranking."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.report_from:
+        summary = rewrite_report(args.report_from, args.output_dir)
+        _print_summary(summary)
+        return
     if args.demo:
         dataset = load_demo_source()
     else:
@@ -733,7 +818,7 @@ def main(argv=None):
             methods=args.methods,
             label_field=args.label_field,
             embeddings_field=args.embeddings_field,
-            output_dir=args.output_dir,
+            output_dir=args.output_dir or "hardness-benchmark",
             run_key=args.run_key,
             overwrite=args.overwrite,
             workers=args.workers,
@@ -756,6 +841,14 @@ def _parser():
         action="store_true",
         help="the built-in digits dataset (clean labels)",
     )
+    source.add_argument(
+        "--report-from",
+        nargs="+",
+        metavar="RESULTS_JSON",
+        help="re-render the report of finished grids from their "
+        "results.json files (several are merged into one report), into "
+        "--output-dir if given, else next to the first",
+    )
     parser.add_argument("--label-field", default="ground_truth")
     parser.add_argument("--embeddings-field", default="embeddings")
     parser.add_argument("--types", nargs="+", default=list(DEFAULT_TYPES))
@@ -777,7 +870,11 @@ def _parser():
         "--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS)
     )
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
-    parser.add_argument("--output-dir", default="hardness-benchmark")
+    parser.add_argument(
+        "--output-dir",
+        default=None,
+        help="where the report goes (default: hardness-benchmark/)",
+    )
     parser.add_argument("--run-key", default=DEFAULT_RUN_KEY)
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--workers", type=int, default=1)
