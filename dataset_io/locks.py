@@ -22,6 +22,7 @@ import contextlib
 import datetime
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -171,3 +172,45 @@ def _renew(key, token, lease, stop):
         if not result.matched_count:
             logger.warning("Lost the write lock of dataset %s", key)
             return
+
+
+class HeldInterrupts(object):
+    """What :func:`hold_interrupts` yields: :meth:`check` raises the
+    held Ctrl-C, if one came, at a point where no write is in flight."""
+
+    def __init__(self):
+        self.received = False
+
+    def check(self):
+        if self.received:
+            self.received = False
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def hold_interrupts():
+    """Holds back Ctrl-C (SIGINT) during a block of database writes; the
+    block calls ``check()`` between its batches, where the interrupt is
+    raised, and one still held is raised when the block ends.
+
+    Why: an interrupt raised inside a pymongo call abandons the request,
+    but the server still carries it out, so a cleanup that runs at once can
+    finish *before* the abandoned batch of writes lands (values left in
+    fields the cleanup had removed); and an interrupt inside pymongo's
+    connection handling can leave it stuck. In a thread other than the main
+    one (where signals are not delivered) this does nothing.
+    """
+    held = HeldInterrupts()
+    if threading.current_thread() is not threading.main_thread():
+        yield held
+        return
+
+    def _hold(signum, frame):
+        held.received = True
+
+    previous = signal.signal(signal.SIGINT, _hold)
+    try:
+        yield held
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    held.check()

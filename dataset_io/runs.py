@@ -23,14 +23,14 @@ The run classes live here, at a stable import path, because FiftyOne stores
 the full class path of every run config in MongoDB.
 
 Memory of the write path (:func:`write_fields`), for N rows and F scalar
-columns: it is not chunked. Every value becomes a Python object (about 33
-bytes) and every sample one ``UpdateOne`` (about ``0.7 KB + 17 F``), all
-built before the bulk write (which FiftyOne sends in batches): about
-``N x (0.8 KB + 50 F)`` bytes, 2.8 GB at N = 1M, F = 40 (a ``dynamics``
-run), 1 GB at F = 3. A vector column (e.g. cleanlab's stored probabilities)
-goes through ``tolist()`` to ``set_values``: about ``37 N K`` bytes before
-FiftyOne's own copy, 3.7 GB at K = 100. Writing chunks of ids would bound
-both; not done yet.
+columns: every value becomes a Python object (about 33 bytes, ``33 N F``
+in all), and the ``UpdateOne`` operations (about ``0.7 KB + 17 F`` each)
+are built and written :data:`WRITE_CHUNK_ROWS` rows at a time: about
+``33 N F + 20000 x (0.7 KB + 17 F)`` bytes, 1.3 GB at N = 1M, F = 40 (a
+``dynamics`` run), 0.1 GB at F = 3. A vector column (e.g. cleanlab's
+stored probabilities) goes through ``tolist()`` to ``set_values``: about
+``37 N K`` bytes before FiftyOne's own copy, 3.7 GB at K = 100 (not
+chunked yet).
 """
 
 import datetime
@@ -45,7 +45,7 @@ import numpy as np
 import fiftyone as fo
 import fiftyone.core.runs as fors
 
-from fiftyone_hardness.dataset_io.locks import dataset_lock
+from fiftyone_hardness.dataset_io.locks import dataset_lock, hold_interrupts
 from fiftyone_hardness.methods.base import HardnessError, class_means
 
 logger = logging.getLogger(__name__)
@@ -109,6 +109,15 @@ class HardnessRun(fors.Run):
         existing = dataset.get_field_schema()
         fields = [f for f in self.get_fields(samples, key) if f in existing]
         if fields:
+            # the values first, while the fields are still declared:
+            # FiftyOne's delete_sample_fields removes the declarations and
+            # then the values, so a process killed in between would leave
+            # undeclared values in the documents (seen in
+            # test_kills_during_run_writes_leave_a_loadable_state). Its own
+            # pass then finds nothing left to remove
+            dataset._sample_collection.update_many(
+                {}, {"$unset": {f: "" for f in fields}}
+            )
             dataset.delete_sample_fields(fields)
         _remove_sidebar_group(dataset, key)
 
@@ -662,7 +671,10 @@ def save_run(samples, run_key, method, params, data, output, overwrite=False):
         **to_jsonable(params),
     )
     dataset = samples._dataset
-    with dataset_lock(dataset, "writing hardness run '%s'" % run_key):
+    with (
+        dataset_lock(dataset, "writing hardness run '%s'" % run_key),
+        hold_interrupts() as interrupts,
+    ):
         dataset.reload()
         _remove_interrupted(samples, run_key)
         validate_run_key(samples, run_key, overwrite=overwrite)
@@ -678,6 +690,7 @@ def save_run(samples, run_key, method, params, data, output, overwrite=False):
                     "%s_%s" % (run_key, suffix): values
                     for suffix, values in output.fields.items()
                 },
+                between_batches=interrupts.check,
             )
             run_results = HardnessRunResults(
                 samples, config, run_key, **results
@@ -893,7 +906,12 @@ _SCALAR_FIELDS = {
 }
 
 
-def write_fields(samples, ids, columns):
+#: rows written per bulk write by :func:`write_fields` (bounds the update
+#: operations held in memory; a held Ctrl-C is honoured between chunks)
+WRITE_CHUNK_ROWS = 20000
+
+
+def write_fields(samples, ids, columns, between_batches=None):
     """Writes several per-sample columns in one pass over the database.
 
     Scalar columns (bool, int, float, str; NaN and None allowed) are
@@ -906,6 +924,8 @@ def write_fields(samples, ids, columns):
         samples: the collection
         ids: the sample ids, one per row of every column
         columns: a dict ``field name -> values`` (one value per id)
+        between_batches (None): a function called after each batch of
+            writes has completed (e.g. to raise a held interrupt there)
     """
     from bson import ObjectId
     from pymongo import UpdateOne
@@ -926,6 +946,8 @@ def write_fields(samples, ids, columns):
                 dict(zip(ids, _to_field_values(values))),
                 key_field="id",
             )
+            if between_batches is not None:
+                between_batches()
             continue
         scalars[name] = (field_type, [_scalar(v) for v in values])
     if not scalars:
@@ -943,19 +965,23 @@ def write_fields(samples, ids, columns):
     scalars = {name: values for name, (_, values) in scalars.items()}
     names = list(scalars)
     now = datetime.datetime.utcnow()
-    ops = [
-        UpdateOne(
-            {"_id": ObjectId(_id)},
-            {
-                "$set": dict(
-                    {n: scalars[n][row] for n in names},
-                    last_modified_at=now,
-                )
-            },
-        )
-        for row, _id in enumerate(ids)
-    ]
-    samples._dataset._bulk_write(ops, ids=ids)
+    for start in range(0, len(ids), WRITE_CHUNK_ROWS):
+        chunk = ids[start : start + WRITE_CHUNK_ROWS]
+        ops = [
+            UpdateOne(
+                {"_id": ObjectId(_id)},
+                {
+                    "$set": dict(
+                        {n: scalars[n][start + row] for n in names},
+                        last_modified_at=now,
+                    )
+                },
+            )
+            for row, _id in enumerate(chunk)
+        ]
+        samples._dataset._bulk_write(ops, ids=chunk)
+        if between_batches is not None:
+            between_batches()
 
 
 def _to_field_values(values):

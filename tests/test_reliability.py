@@ -287,3 +287,22 @@ def test_two_keys_written_at_once_keep_both_schemas(scored):
         f for f in scored.get_field_schema() if f[:4] in ("one_", "two_")
     ]
     assert _user_fields(scored) == user
+
+
+def test_ctrl_c_during_a_write_is_raised_between_batches():
+    """A Ctrl-C that lands inside a database write is held until the batch
+    has completed (an abandoned pymongo request is still carried out by the
+    server, after any cleanup run at once), then raised."""
+    from fiftyone_hardness.dataset_io.locks import hold_interrupts
+
+    batches = []
+    with pytest.raises(KeyboardInterrupt):
+        with hold_interrupts() as interrupts:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            batches.append("finished")  # the write in flight completes
+            interrupts.check()
+            batches.append("never")
+    assert batches == ["finished"]
+    # outside, Ctrl-C is Python's again
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
