@@ -757,29 +757,21 @@ class HardnessPanel(foo.Panel):
         elif state.review_message:
             panel.md(state.review_message, name="review_message_text")
         if state.review_queue:
-            table = types.TableView(on_click_row=self.on_queue_row_click)
-            table.add_column("label", label="Label")
-            table.add_column("predicted", label="Predicted")
-            table.add_column("score", label="Score")
-            table.add_column("disagreement", label="Neighbours disagreeing")
-            panel.list(
+            _sample_table(
+                panel,
                 "review_queue",
-                types.Object(),
-                view=table,
-                label="Next in the queue (click a row to review it now)",
+                "Next in the queue (click a row to review it now)",
+                self.on_queue_row_click,
+                ("disagreement", "Neighbours disagreeing"),
             )
 
     def _render_flagged_table(self, panel):
-        table = types.TableView(on_click_row=self.on_row_click)
-        table.add_column("label", label="Label")
-        table.add_column("predicted", label="Predicted")
-        table.add_column("score", label="Score")
-        table.add_column("review", label="Review")
-        panel.list(
+        _sample_table(
+            panel,
             "flagged_table",
-            types.Object(),
-            view=table,
-            label="Hardest flagged samples (click a row to select it)",
+            "Hardest flagged samples (click a row to select it)",
+            self.on_row_click,
+            ("review", "Review"),
         )
 
     def _render_agreement(self, panel, state):
@@ -1060,3 +1052,15 @@ def _figures_markdown(results, score=None, samples=None):
     for label, value, meaning in rows:
         lines.append("| %s | %s | %s |" % (label, value, meaning))
     return "\n".join(lines)
+
+
+def _sample_table(panel, name, label, on_click_row, last_column):
+    """A clickable table of samples: label, predicted class, score and
+    ``last_column`` (key, heading)."""
+    table = types.TableView(on_click_row=on_click_row)
+    table.add_column("label", label="Label")
+    table.add_column("predicted", label="Predicted")
+    table.add_column("score", label="Score")
+    key, heading = last_column
+    table.add_column(key, label=heading)
+    panel.list(name, types.Object(), view=table, label=label)

@@ -827,31 +827,13 @@ def record_training(
     store = ArrayStore(config.memory_budget_mb)
     specs, flipped = _member_specs(labels, num_classes, config, needs)
 
+    args = (X, labels, num_classes, config, needs, device, progress, store)
     outputs = None
     if specs and config.batched_members:
-        record, outputs = _train_batched(
-            X,
-            labels,
-            num_classes,
-            config,
-            needs,
-            device,
-            progress,
-            store,
-            specs,
-        )
+        # None when the members cannot be stacked into one model
+        record, outputs = _train_batched(*args, specs)
     if outputs is None:
-        record, outputs = _train_sequential(
-            X,
-            labels,
-            num_classes,
-            config,
-            needs,
-            device,
-            progress,
-            store,
-            specs,
-        )
+        record, outputs = _train_sequential(*args, specs)
     _attach_member_outputs(record, outputs, flipped)
     record.needs = needs
     return record
