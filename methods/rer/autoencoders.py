@@ -100,8 +100,7 @@ class BatchedAutoencoders:
             else:
                 x = torch.relu(x)
                 if dropout > 0:
-                    keep = torch.rand(x.shape, generator=gen, device=x.device)
-                    x = x * (keep >= dropout) / (1.0 - dropout)
+                    x = _dropout(x, dropout, gen)
         return x
 
     def encode(self, x, dropout=0.0, gen=None):
@@ -153,6 +152,34 @@ class BatchedAutoencoders:
             elif j != self.num_encoder_layers - 1:  # the code is linear
                 h = torch.relu(h)
         return h.sub_(x).square_().sum(dim=1).sqrt_()
+
+
+def _dropout(x, p, gen):
+    """Inverted dropout: each entry of ``x`` zeroed independently with
+    probability ``p``, the others scaled by ``1 / (1 - p)``.
+
+    The zeroed positions are drawn as a Bernoulli process from its
+    geometric gaps (``floor(log U / log(1 - p)) + 1``), about ``p * n``
+    uniforms instead of one per entry: at RER's ``p = 0.01`` the mask of
+    one uniform per entry (draw, compare, multiply, divide) took a quarter
+    of the training time on the CPU (20k x 512, K = 100, torch profiler).
+    """
+    torch = _torch()
+    n = x.numel()
+    expected = p * n
+    log_keep = math.log1p(-p)
+    ends = []
+    reached = 0
+    while reached < n:  # almost always one draw
+        size = int(expected + 6 * math.sqrt(expected) + 16)
+        u = 1.0 - torch.rand(size, generator=gen, device=x.device)
+        gaps = torch.floor(torch.log(u) / log_keep).long() + 1
+        ends.append(torch.cumsum(gaps, 0) + reached)
+        reached = int(ends[-1][-1])
+    positions = torch.cat(ends) - 1
+    positions = positions[positions < n]
+    scaled = (x * (1.0 / (1.0 - p))).reshape(-1)
+    return scaled.index_fill(0, positions, 0.0).view(x.shape)
 
 
 def make_optimizer(model, learning_rate, l2):

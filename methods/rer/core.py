@@ -230,14 +230,19 @@ def _scaled_tensor(X, fit_rows, device):
     import torch
 
     fitted = X[np.concatenate(fit_rows)]
-    lo = fitted.min(axis=0)
-    span = fitted.max(axis=0) - lo
+    lo = fitted.min(axis=0).astype(np.float32)
+    span = fitted.max(axis=0).astype(np.float32) - lo
     span[span <= 0] = 1.0
-    return torch.as_tensor(
-        np.clip((X - lo) / span, 0.0, 1.0),
-        dtype=torch.float32,
-        device=device,
-    )
+    inverse = (1.0 / span).astype(np.float32)
+    # in place, in blocks: one (N, D) float32 array at the peak instead of
+    # three temporaries (1 GB each at 1M x 512)
+    out = np.empty(X.shape, dtype=np.float32)
+    for s in range(0, len(X), 65536):
+        block = out[s : s + 65536]
+        np.subtract(X[s : s + 65536], lo, out=block, casting="unsafe")
+        np.multiply(block, inverse, out=block)
+        np.clip(block, 0.0, 1.0, out=block)
+    return torch.from_numpy(out).to(device)
 
 
 # ---------------------------------------------------------------------------
