@@ -86,7 +86,7 @@ EXACT_MAX_ROWS = 20000
 IVF_DEFAULTS = dict(
     search_dims=64,  # principal components of the search space
     lists_per_sqrt=1.0,  # C = lists_per_sqrt * sqrt(N) k-means lists
-    probes=8,  # lists each row scans
+    probes=24,  # lists each row scans
     extra_candidates=20,  # candidates = k + max(k, extra_candidates)
     kmeans_iterations=10,
     kmeans_sample_per_list=64,  # k-means is trained on 64 * C rows

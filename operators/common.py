@@ -635,6 +635,15 @@ def run_summary(results):
     skipped = int(getattr(results, "num_skipped", 0) or 0)
     if skipped:
         message += "; %s without a label skipped" % plural(skipped, "sample")
+    audit = getattr(results, "candidate_audit", None)
+    if audit:
+        message += (
+            "; errors computed under each sample's nearest classes: on %d "
+            "random samples, %.1f%% got the same smallest error over the "
+            "other classes as under every class (set nearest_classes=None "
+            "for the exact computation)"
+            % (audit["rows"], 100.0 * audit["min_other_equal"])
+        )
     return {
         "run_key": results.key,
         "method": results.method,

@@ -257,6 +257,23 @@ def test_run_summary(centroid_runs):
         summary["message"]
     )
 
+    # RER with candidate classes says what they cost on this dataset
+    rer_run = dataset.apply_hardness(
+        "rer",
+        run_key="rer_near",
+        embeddings_field="pixels",
+        nearest_classes=3,
+        sampled_classes=1,
+    )
+    audit = dataset.load_run_results("rer_near").candidate_audit
+    assert audit["rows"] == 1000 and 0 < audit["min_other_equal"] <= 1
+    rer_summary = common.run_summary(rer_run)
+    assert (
+        "on 1000 random samples, %.1f%% got the same smallest error"
+        % (100 * audit["min_other_equal"])
+    ) in rer_summary["message"]
+    dataset.delete_run("rer_near")
+
     # the button opens the run's flagged samples (of that score)
     output = common.summary_output(summary, PLUGIN).to_json()
     button = output["type"]["properties"]["open_view"]["view"]

@@ -492,6 +492,30 @@ def test_candidate_classes_give_the_exact_decisions():
     )
     # the own-class error is computed exactly in both
     assert np.allclose(exact.stats.own, approx.stats.own, rtol=1e-5)
+    # the run audits itself on 1000 random samples under every class, and
+    # the audit agrees with the full comparison on all 4000
+    from fiftyone_hardness.methods.rer.statistics import _min_other
+
+    audit = approx.results["candidate_audit"]
+    assert exact.results["candidate_audit"] is None
+    assert audit["rows"] == 1000
+    full = np.mean(
+        np.isclose(
+            _min_other(exact.stats, noisy),
+            _min_other(approx.stats, noisy),
+            rtol=1e-5,
+            atol=1e-7,
+        )
+    )
+    assert 0.5 < full < 1.0  # the approximation is not exact here
+    assert abs(audit["min_other_equal"] - full) <= 0.05, (audit, full)
+    assert (
+        abs(
+            audit["predictions_equal"]
+            - np.mean(exact.preds == approx.preds)
+        )
+        <= 0.03
+    ), audit
 
 
 # ---------------------------------------------------------------------------

@@ -157,7 +157,7 @@ def _compute(
     Xs = _scaled_tensor(X, fit_rows, device)
     plan = _make_plan(X, fit_rows, config, device, explained, input_dims)
     plan.error_classes = _error_classes(config, len(present), keep_errors)
-    stats, errors, losses = _train_and_evaluate(
+    stats, errors, losses, audit = _train_and_evaluate(
         Xs,
         labels,
         num_classes,
@@ -178,6 +178,9 @@ def _compute(
     result.errors = errors
     result.losses = losses[:, present]
     result.results["model_config"] = _model_config(config, plan)
+    # with candidate classes: how well they matched every class on a
+    # random subset (methods/rer/candidates.py); None when exact
+    result.results["candidate_audit"] = audit
     final = result.losses[-max(1, plan.steps // 10) :].mean(0)
     result.results["final_loss"] = float(final.mean())
     progress(1.0, "done")
@@ -377,7 +380,8 @@ def _train_and_evaluate(
     progress,
     keep_errors,
 ):
-    """Returns ``(statistics, (K, N) errors or None, (steps, K) losses)``."""
+    """Returns ``(statistics, (K, N) errors or None, (steps, K) losses,
+    the candidate audit or None)``."""
     import torch
 
     n = len(labels)
@@ -415,7 +419,8 @@ def _train_and_evaluate(
                 errors_full[chunk] = errors.cpu().numpy()
             del errors
         del model
-    return running.result(), errors_full, all_losses
+    stats = running.result()
+    return stats, errors_full, all_losses, getattr(running, "audit", None)
 
 
 def _error_collector(
@@ -439,7 +444,12 @@ def _error_collector(
         seed=config.seed,
     )
     return CandidateStatistics(
-        slots, config.nearest_classes, len(present), rand_labels
+        slots,
+        config.nearest_classes,
+        len(present),
+        rand_labels,
+        present,
+        seed=config.seed,
     )
 
 
