@@ -44,10 +44,12 @@ p = probes, c = candidates:
 - ``"exact"``: ``chunk * N`` similarities (``chunk_floats``, 64M floats =
   256 MB by default) + the (N, k) result (12 bytes per entry);
 - ``"ivf"``: ``2 * N * d * 4`` bytes (the projection and its copy sorted by
-  list) + the candidates of one group of rows (``group * p * c * 8`` bytes,
-  at most ``chunk_floats`` entries) + ``N * c * 8`` (the candidates) + one
-  block of similarities + the (N, k) result. No N x N array at any size:
-  1M x 512 with k=10 takes about 1.3 GB over the input.
+  list) + the scores of one group of rows (``group * p * c`` entries of 12
+  bytes, at most ``chunk_floats / 4``, held twice while reordered: 384 MB
+  by default) + ``N * c * 8`` (the candidates) + one block of similarities
+  + the (N, k) result. No N x N array at any size. Measured peak over the
+  input (``speed/knn.py``, k=10, p=24): +0.65 GB at 100k x 512 (+2.3 GB
+  before the group was capped at a quarter of ``chunk_floats``).
 
 The approximate method is not faiss or pynndescent, which were measured on
 the same data and machine (100k x 512, 2 shared CPU cores): pynndescent
@@ -400,7 +402,11 @@ def _scan_lists(Z, lists, num_lists, num_candidates, chunk_floats, progress):
     Zs = Z[order]  # members of list j: Zs[starts[j]:starts[j] + sizes[j]]
     del Z
     norms = (Zs * Zs).sum(1)
-    group = int(max(1, min(n, chunk_floats // (probes * num_candidates))))
+    # a quarter of chunk_floats per group: its values and members (12
+    # bytes per entry) are concatenated and reordered once (x2)
+    group = int(
+        max(1, min(n, chunk_floats // (4 * probes * num_candidates)))
+    )
     candidates = torch.full(
         (n, num_candidates), -1, dtype=torch.long, device=device
     )
