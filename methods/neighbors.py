@@ -34,9 +34,9 @@ knn_vote_probs`).
      the exact search.
 
   Cost ``O(N * (C + probes * N / C) * search_dims + N * candidates * D)``
-  with ``C ~ sqrt(N)`` lists: ``O(N^1.5)``, a few seconds at 100k x 512 on
-  2 CPU cores, about a minute at 1M (``speed/knn.py`` measures both
-  methods and the growth exponent).
+  with ``C ~ sqrt(N)`` lists: ``O(N^1.5)``, about 8 s at 100k x 512 on
+  2 CPU cores, about 3 minutes at 1M (171-190 s; ``speed/knn.py``
+  measures both methods and the growth exponent).
 
 Peak memory beyond the (N, D) input, for N rows, D dims, d = search_dims,
 p = probes, c = candidates:
@@ -88,7 +88,9 @@ EXACT_MAX_ROWS = 20000
 IVF_DEFAULTS = dict(
     search_dims=64,  # principal components of the search space
     lists_per_sqrt=1.0,  # C = lists_per_sqrt * sqrt(N) k-means lists
-    probes=24,  # lists each row scans
+    # lists each row scans: 24 keeps the k-NN vote's AUROC within 0.005 of
+    # the exact vote's at 100k (8 gave +0.0051; docs/performance.md)
+    probes=24,
     extra_candidates=20,  # candidates = k + max(k, extra_candidates)
     kmeans_iterations=10,
     kmeans_sample_per_list=64,  # k-means is trained on 64 * C rows
@@ -404,9 +406,7 @@ def _scan_lists(Z, lists, num_lists, num_candidates, chunk_floats, progress):
     norms = (Zs * Zs).sum(1)
     # a quarter of chunk_floats per group: its values and members (12
     # bytes per entry) are concatenated and reordered once (x2)
-    group = int(
-        max(1, min(n, chunk_floats // (4 * probes * num_candidates)))
-    )
+    group = int(max(1, min(n, chunk_floats // (4 * probes * num_candidates))))
     candidates = torch.full(
         (n, num_candidates), -1, dtype=torch.long, device=device
     )

@@ -403,9 +403,9 @@ def knn_vote_probs(
     :func:`fiftyone_hardness.methods.neighbors.nearest_neighbors`: exact
     (chunked) on a GPU and up to
     :data:`~fiftyone_hardness.methods.neighbors.EXACT_MAX_ROWS` samples on
-    a CPU, approximate above (an inverted file re-ranked exactly; a few
-    seconds at 100k x 512 on 2 CPU cores instead of about 76 s, within
-    0.005 AUROC of the exact vote; ``speed/knn.py``).
+    a CPU, approximate above (an inverted file re-ranked exactly; about
+    8 s at 100k x 512 on 2 CPU cores instead of 70-85 s, within 0.005
+    AUROC of the exact vote; ``speed/knn.py``).
 
     Peak memory beyond ``X``: the neighbour search's (see
     :mod:`~fiftyone_hardness.methods.neighbors`: never N x N) plus the

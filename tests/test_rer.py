@@ -510,10 +510,7 @@ def test_candidate_classes_give_the_exact_decisions():
     assert 0.5 < full < 1.0  # the approximation is not exact here
     assert abs(audit["min_other_equal"] - full) <= 0.05, (audit, full)
     assert (
-        abs(
-            audit["predictions_equal"]
-            - np.mean(exact.preds == approx.preds)
-        )
+        abs(audit["predictions_equal"] - np.mean(exact.preds == approx.preds))
         <= 0.03
     ), audit
 
