@@ -73,6 +73,11 @@ class LabeledData:
             checks and messages of ``validation.vectors_to_array``. Used by
             :meth:`embeddings` when set (a collection's reader fills one
             array in chunks instead of building a list of vectors)
+        load_matrix: callable ``(path) -> (N, K) float64 array or None``
+            reading per-sample numeric vectors (e.g. a predictions field's
+            logits) in chunks; None when they are not one vector of one
+            length per sample (then :meth:`values` tells what is wrong).
+            Used by :meth:`matrix` when set
         load_member_runs: callable ``(member) -> [dict]`` describing how
             each score of consensus member ``member`` was made (see
             :meth:`member_runs`), so that the consensus can re-run the
@@ -99,6 +104,7 @@ class LabeledData:
     load_scores: Optional[Callable] = None
     load_vectors: Optional[Callable] = None
     load_member_runs: Optional[Callable] = None
+    load_matrix: Optional[Callable] = None
 
     @property
     def num_samples(self):
@@ -113,6 +119,15 @@ class LabeledData:
         if self.load_values is None:
             raise HardnessError("These data are not backed by a collection")
         return self.load_values(path)
+
+    def matrix(self, path):
+        """Returns the per-sample vectors at ``path`` as an (N, K) float64
+        array read in chunks, or None when they are not one numeric vector
+        of one length per sample or the data cannot read them so (then
+        read :meth:`values`)."""
+        if self.load_matrix is None:
+            return None
+        return self.load_matrix(path)
 
     def get_classes(self, field):
         """Returns the class list declared for ``field`` on the dataset

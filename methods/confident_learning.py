@@ -933,22 +933,30 @@ def _run_fields(found, classes, store_probs):
 
 
 def _read_predictions(data, field, classes):
-    """Returns ``(pred_probs, class_names)`` of one predictions field."""
-    try:
-        logits = data.values(field + ".logits")
-    except (ValueError, KeyError, AttributeError) as e:
-        raise HardnessError(
-            "Cannot read predictions from '%s': %s" % (field, e)
-        )
-    array = _stack(logits)
-    if array is not None:
-        kind = "logits"
-    else:
-        values = data.values(field)
-        array = _stack(values)
+    """Returns ``(pred_probs, class_names)`` of one predictions field.
+
+    Logits (a ``Classification``'s ``logits``) or per-class probabilities
+    (a vector field) are read in chunks into one array (``data.matrix``);
+    when that fails, through ``values()``, whose lists say what is wrong.
+    """
+    kind = "logits"
+    array = data.matrix(field + ".logits")
+    if array is None:
+        try:
+            logits = data.values(field + ".logits")
+        except (ValueError, KeyError, AttributeError) as e:
+            raise HardnessError(
+                "Cannot read predictions from '%s': %s" % (field, e)
+            )
+        array = _stack(logits)
         if array is None:
-            _raise_unreadable(field, logits, values)
-        kind = "probabilities"
+            kind = "probabilities"
+            array = data.matrix(field)
+            if array is None:
+                values = data.values(field)
+                array = _stack(values)
+                if array is None:
+                    _raise_unreadable(field, logits, values)
     field_classes = _classes_for(data, field, classes)
     if array.shape[1] != len(field_classes):
         raise HardnessError(

@@ -171,6 +171,43 @@ def test_bad_vectors_raise_the_list_paths_errors(vectors_dataset):
     assert "does not hold numeric vectors" in ours
 
 
+def test_predictions_are_read_in_chunks_as_the_list_path_reads_them(
+    vectors_dataset,
+):
+    """Issue 14: a predictions field's logits (and a vector field of
+    probabilities) are read in chunks into one float64 array, equal to
+    stacking ``values()``; anything that is not one numeric vector of one
+    length per labelled sample gives None, so that confident learning's
+    list path names the problem."""
+    dataset = vectors_dataset
+    X = _vectors()
+    dataset.set_values(
+        "pred",
+        [fo.Classification(label="c0", logits=x) for x in X],
+    )
+    sort = dataset.sort_by("rank", reverse=True)
+    for view in (dataset, sort):
+        data = load_labeled_data(view, "gt", chunk_size=CHUNK)
+        for path in ("pred.logits", "emb64", "lst", "emb"):
+            matrix = data.matrix(path)
+            listed = np.asarray(data.values(path), dtype=np.float64)
+            assert matrix.dtype == np.float64, path
+            assert np.array_equal(matrix, listed), path  # float64 kept
+    data = load_labeled_data(dataset, "gt", chunk_size=CHUNK)
+    missing = [fo.Classification(label="c0", logits=x) for x in X]
+    missing[13] = fo.Classification(label="c0")  # labelled row, no logits
+    dataset.set_values("pred", missing)
+    dataset.set_values("mixed", [x[: 3 + i % 2] for i, x in enumerate(X)])
+    dataset.set_values("number", [float(i) for i in range(len(X))])
+    for path in ("pred.logits", "pred", "mixed", "number", "nope.logits"):
+        assert data.matrix(path) is None, path
+    # arrays without a collection have no chunked reader
+    assert (
+        LabeledData(ids=np.array(["a"]), labels=[0], classes=["x"]).matrix("v")
+        is None
+    )
+
+
 def test_missing_field_is_named(vectors_dataset):
     data = load_labeled_data(vectors_dataset, "gt", chunk_size=CHUNK)
     with pytest.raises(HardnessError, match="no field 'nope'.*emb"):
