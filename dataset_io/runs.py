@@ -27,10 +27,10 @@ columns: every value becomes a Python object (about 33 bytes, ``33 N F``
 in all), and the ``UpdateOne`` operations (about ``0.7 KB + 17 F`` each)
 are built and written :data:`WRITE_CHUNK_ROWS` rows at a time: about
 ``33 N F + 20000 x (0.7 KB + 17 F)`` bytes, 1.3 GB at N = 1M, F = 40 (a
-``dynamics`` run), 0.1 GB at F = 3. A vector column (e.g. cleanlab's
-stored probabilities) goes through ``tolist()`` to ``set_values``: about
-``37 N K`` bytes before FiftyOne's own copy, 3.7 GB at K = 100 (not
-chunked yet).
+``dynamics`` run), 0.1 GB at F = 3. A numeric (N, K) column (e.g.
+cleanlab's stored probabilities) becomes lists one chunk at a time: about
+``20000 x 37 K`` bytes (74 MB at K = 100) beyond the array, instead of
+``37 N K`` through ``set_values`` (3.7 GB at 1M, K = 100).
 """
 
 import datetime
@@ -914,11 +914,15 @@ WRITE_CHUNK_ROWS = 20000
 def write_fields(samples, ids, columns, between_batches=None):
     """Writes several per-sample columns in one pass over the database.
 
-    Scalar columns (bool, int, float, str; NaN and None allowed) are
-    declared with their field type and written together, one update per
-    sample, instead of one pass per field (a ``dynamics`` run writes about
-    40 fields: one pass each costs about 0.2 s per 2k samples). Other
-    columns (vectors, lists, dicts) go through ``set_values``.
+    Scalar columns (bool, int, float, str; NaN and None allowed) and
+    numeric (N, K) arrays (a list of K numbers per sample, e.g. cleanlab's
+    stored probabilities: ``ListField`` of the scalar field, as
+    ``set_values`` declares them) are declared with their field type and
+    written together, one update per sample, :data:`WRITE_CHUNK_ROWS`
+    samples per bulk write, instead of one pass per field (a ``dynamics``
+    run writes about 40 fields: one pass each costs about 0.2 s per 2k
+    samples). An array's rows become lists one chunk at a time. Other
+    columns (ragged lists, dicts) go through ``set_values``.
 
     Args:
         samples: the collection
@@ -932,8 +936,15 @@ def write_fields(samples, ids, columns, between_batches=None):
 
     ids = [str(i) for i in ids]
     scalars = {}
+    arrays = {}  # numeric (N, K) columns: (field, array)
     for name, values in columns.items():
         array = np.asarray(values)
+        if array.ndim == 2 and array.dtype.kind in "biuf":
+            arrays[name] = (
+                fo.ListField(_SCALAR_FIELDS[array.dtype.kind]()),
+                array,
+            )
+            continue
         field_type = _SCALAR_FIELDS.get(array.dtype.kind)
         if array.ndim == 1 and array.dtype == object:
             present = [v for v in values if v is not None]
@@ -950,29 +961,35 @@ def write_fields(samples, ids, columns, between_batches=None):
                 between_batches()
             continue
         scalars[name] = (field_type, [_scalar(v) for v in values])
-    if not scalars:
+    if not scalars and not arrays:
         return
     # one schema update for all new fields (add_sample_field reloads the
     # dataset each time: about 0.1 s per field)
     dataset = samples._dataset
+    fields = {name: field_type() for name, (field_type, _) in scalars.items()}
+    fields.update({name: field for name, (field, _) in arrays.items()})
     dataset._merge_sample_field_schema(
         {
-            name: field_type()
-            for name, (field_type, _) in scalars.items()
+            name: field
+            for name, field in fields.items()
             if not dataset.has_sample_field(name)
         }
     )
     scalars = {name: values for name, (_, values) in scalars.items()}
-    names = list(scalars)
     now = datetime.datetime.utcnow()
     for start in range(0, len(ids), WRITE_CHUNK_ROWS):
         chunk = ids[start : start + WRITE_CHUNK_ROWS]
+        end = start + len(chunk)
+        values = {n: v[start:end] for n, v in scalars.items()}
+        values.update(
+            {n: a[start:end].tolist() for n, (_, a) in arrays.items()}
+        )
         ops = [
             UpdateOne(
                 {"_id": ObjectId(_id)},
                 {
                     "$set": dict(
-                        {n: scalars[n][start + row] for n in names},
+                        {n: v[row] for n, v in values.items()},
                         last_modified_at=now,
                     )
                 },

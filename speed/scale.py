@@ -25,6 +25,11 @@ read-floor  hand-written: ``values(["id", label])`` +
             ``np.stack(values(vectors))``
 write       ``dataset_io.runs.write_fields`` of 3 fields (float, bool, str)
 write-floor ``set_values`` of the same 3 fields, one call per field
+write-vector
+            ``write_fields`` of one (N, 100) float64 column (e.g. stored
+            probabilities), chunk by chunk
+write-vector-floor
+            ``set_values`` of the same column as lists
 cleanlab-knn, cleanlab-logreg, rer, dynamics
             end to end ``apply_hardness`` (read + method + write); dynamics
             with ``methods=["aum", "loss"]``; with the AUROC of the score
@@ -90,6 +95,8 @@ PHASES = [
     "read-floor",
     "write",
     "write-floor",
+    "write-vector",
+    "write-vector-floor",
     "knn-vote",
     "knn-floor",
     "cl-step",
@@ -103,6 +110,7 @@ FLOORS = {
     "read": "read-floor",
     "read-list": "read-floor",
     "write": "write-floor",
+    "write-vector": "write-vector-floor",
     "knn-vote": "knn-floor",
     "cl-step": "cl-floor",
 }
@@ -405,6 +413,22 @@ def _phase_write_floor(dataset):
     return lambda: _write_columns(dataset), measured, after
 
 
+def _vector_column(dataset):
+    ids = dataset.values("id")
+    probs = np.random.default_rng(0).dirichlet(np.ones(100), size=len(ids))
+    return ids, {"scale_probs": probs}
+
+
+def _phase_write_vector(dataset):
+    _, measured, after = _phase_write(dataset)
+    return lambda: _vector_column(dataset), measured, after
+
+
+def _phase_write_vector_floor(dataset):
+    _, measured, after = _phase_write_floor(dataset)
+    return lambda: _vector_column(dataset), measured, after
+
+
 def _arrays(dataset):
     """``(X, labels, K)`` read with the package's loader (not measured)."""
     from fiftyone_hardness.dataset_io.data import load_labeled_data
@@ -558,6 +582,8 @@ _PHASES = {
     "read-floor": _phase_read_floor,
     "write": _phase_write,
     "write-floor": _phase_write_floor,
+    "write-vector": _phase_write_vector,
+    "write-vector-floor": _phase_write_vector_floor,
     "knn-vote": _phase_knn_vote,
     "knn-floor": _phase_knn_floor,
     "cl-step": _phase_cl_step,

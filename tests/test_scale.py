@@ -208,6 +208,61 @@ def test_predictions_are_read_in_chunks_as_the_list_path_reads_them(
     )
 
 
+def test_numeric_array_columns_are_written_in_chunks_as_set_values_would(
+    vectors_dataset, monkeypatch
+):
+    """Issue 14: an (N, K) column (e.g. cleanlab's stored probabilities) is
+    written one chunk of rows at a time, with the field type and values
+    that ``set_values`` gives the same lists; cleanlab's ``store_probs``
+    writes through it and ``delete_run`` removes the field."""
+    from fiftyone_hardness.dataset_io import runs
+
+    dataset = vectors_dataset
+    monkeypatch.setattr(runs, "WRITE_CHUNK_ROWS", CHUNK)
+    ids = dataset.values("id")
+    rng = np.random.default_rng(4)
+    probs = rng.random((len(ids), 4))
+    probs[3, 1] = np.nan
+    counts = rng.integers(0, 9, size=(len(ids), 3))
+    runs.write_fields(
+        dataset,
+        ids,
+        {"w_probs": probs, "w_counts": counts, "w_x": probs[:, 0]},
+    )
+    dataset.set_values("ref_probs", probs.tolist())
+    dataset.set_values("ref_counts", counts.tolist())
+    for ours, ref, array in (
+        ("w_probs", "ref_probs", probs),
+        ("w_counts", "ref_counts", counts),
+    ):
+        field, expected = dataset.get_field(ours), dataset.get_field(ref)
+        assert type(field) is type(expected) is fo.ListField
+        assert type(field.field) is type(expected.field), ours
+        np.testing.assert_array_equal(
+            np.array(dataset.values(ours), dtype=float), array
+        )
+    # the same documents: BSON arrays of doubles (NaN kept)
+    np.testing.assert_array_equal(
+        np.array(dataset.values("w_probs")),
+        np.array(dataset.values("ref_probs")),
+    )
+
+    results = dataset.apply_hardness(
+        "cleanlab",
+        label_field="gt",
+        embeddings_field="emb",
+        store_probs=True,
+        run_key="stored",
+    )
+    labelled = dataset.exists("gt")
+    stored = np.array(labelled.values("stored_probs"))
+    assert stored.shape == (len(labelled), 3)
+    np.testing.assert_allclose(stored.sum(1), 1.0)
+    assert results.num_samples == len(labelled)
+    dataset.delete_run("stored")
+    assert not dataset.has_sample_field("stored_probs")
+
+
 def test_missing_field_is_named(vectors_dataset):
     data = load_labeled_data(vectors_dataset, "gt", chunk_size=CHUNK)
     with pytest.raises(HardnessError, match="no field 'nope'.*emb"):
