@@ -23,16 +23,17 @@ Everything here works on numpy arrays;
 :func:`fiftyone_hardness.dataset_io.counterexamples.find_counterexamples`
 reads them from a collection. See ``docs/methods.md`` section 6.
 
-Memory, for N samples, D dims, K classes, ``P = D + 1``, m = fisher_size
-and r <= m the Fisher rank, beyond the (N, D) features: the probe's
-float64 copy and standardized copy (``2 x 8 N D`` bytes, with
-scikit-learn's solver state, a few ``8 N K``), then the last-layer inputs
-and probabilities of all N rows (``8 N (P + K)`` kept, about ``3 x 8 N D``
-while built), the Fisher gradients and their SVD (``3 x 8 m K P``) and
-one embedding batch (``8 x 2048 r K``). About ``3 x 8 N D``: 12 GB at
-N = 1M, D = 512 (123 + 164 MB for the Fisher part at m = r = K = 100).
-Only the candidates (about N / K rows), the Fisher subset and the queried
-row need inputs, so most of that is avoidable; not changed yet.
+Memory, for N samples, D dims, K classes, ``P = D + 1``, T = the probe's
+training rows (``max_train``, 50k by default), m = fisher_size and r <= m
+the Fisher rank, beyond the (N, D) features: the probe's column
+statistics (in blocks), its float64 standardized training rows (``2 x 8 T
+D``, with scikit-learn's solver state, a few ``8 T K``), the Fisher
+gradients and their SVD (``3 x 8 m K P``), and one batch of 2048
+candidates' inputs, probabilities and embeddings (``8 x 2048 (P + K + r
+K)``), plus ``16 N / K`` for the candidates' indices and scores. Only the
+queried row, the Fisher subset and the candidates get inputs: at N = 1M,
+D = 512 about 0.4 GB + 0.3 GB for the Fisher part at m = r = K = 100 (12
+GB before, when every row's inputs were built).
 """
 
 import logging
@@ -134,11 +135,12 @@ class SoftmaxProbe(object):
     ):
         from sklearn.linear_model import LogisticRegression
 
-        X = np.asarray(features, dtype=np.float64)
+        from fiftyone_hardness.methods.probes import column_statistics
+
+        X = np.asarray(features)  # no float64 copy of every row
         labels = np.asarray(labels, dtype=int)
         self.num_classes = int(num_classes)
-        self.mean = X.mean(axis=0)
-        self.scale = X.std(axis=0)
+        self.mean, self.scale = column_statistics(X)
         self.scale[self.scale < 1e-12] = 1.0
         train = np.arange(len(X))
         if max_train is not None and len(X) > max_train:
@@ -176,6 +178,12 @@ class SoftmaxProbe(object):
     def predict_proba(self, features):
         """Returns the (N, K) class probabilities."""
         return softmax(self.inputs(features) @ self.weights.T)
+
+    def inputs_and_probs(self, features):
+        """Returns ``(inputs(features), predict_proba(features))``, the
+        inputs computed once."""
+        inputs = self.inputs(features)
+        return inputs, softmax(inputs @ self.weights.T)
 
 
 def _small_problem_threads(size):
@@ -275,14 +283,21 @@ def counterexample_candidates(labels, index, target):
     return candidates[candidates != index]
 
 
-def incompatibility(kernel, inputs, probs, labels, index, candidates):
+def incompatibility(
+    kernel, probe, features, labels, index, candidates, batch_size=2048
+):
     """Returns ``KERNEL_SIGN * g_index^T F^+ g_k`` for each candidate ``k``
-    (higher = more incompatible with ``index``'s label)."""
-    phi_i = kernel.embed(inputs[[index]], probs[[index]], labels[[index]])[0]
-    phi_k = kernel.embed(
-        inputs[candidates], probs[candidates], labels[candidates]
-    )
-    return KERNEL_SIGN * (phi_k @ phi_i)
+    (higher = more incompatible with ``index``'s label). The candidates'
+    last-layer inputs are built ``batch_size`` rows at a time."""
+    inputs, probs = probe.inputs_and_probs(features[[index]])
+    phi_i = kernel.embed(inputs, probs, labels[[index]])[0]
+    scores = np.empty(len(candidates))
+    for start in range(0, len(candidates), batch_size):
+        rows = candidates[start : start + batch_size]
+        inputs, probs = probe.inputs_and_probs(features[rows])
+        phi_k = kernel.embed(inputs, probs, labels[rows])
+        scores[start : start + len(rows)] = KERNEL_SIGN * (phi_k @ phi_i)
+    return scores
 
 
 def rank_counterexamples(
@@ -339,19 +354,21 @@ def rank_counterexamples(
         probe = SoftmaxProbe(
             features, labels, num_classes, C=C, max_train=max_train, seed=seed
         )
-    inputs = probe.inputs(features)
-    probs = probe.predict_proba(features)
-    predicted = int(np.argmax(probs[index]))
+    # inputs and probabilities of the rows that need them only (the
+    # queried row, the Fisher subset, the candidates in batches): not of
+    # all N rows
+    own = probe.predict_proba(features[[index]])[0]
+    predicted = int(np.argmax(own))
     if target is None:
         target = predicted
         if target == labels[index]:
-            order = np.argsort(-probs[index])
+            order = np.argsort(-own)
             target = int(order[1])
     candidates = counterexample_candidates(labels, index, target)
     result = {
         "target": int(target),
         "predicted": predicted,
-        "probability": float(probs[index, labels[index]]),
+        "probability": float(own[labels[index]]),
         "indices": [],
         "scores": [],
         "num_candidates": int(len(candidates)),
@@ -359,8 +376,12 @@ def rank_counterexamples(
     if not len(candidates):
         return result
     subset = fisher_subset(len(labels), fisher_size, seed)
-    kernel = FisherKernel(inputs[subset], probs[subset], labels[subset])
-    scores = incompatibility(kernel, inputs, probs, labels, index, candidates)
+    kernel = FisherKernel(
+        *probe.inputs_and_probs(features[subset]), labels[subset]
+    )
+    scores = incompatibility(
+        kernel, probe, features, labels, index, candidates
+    )
     order = np.argsort(-scores, kind="stable")[:k]
     result["indices"] = [int(i) for i in candidates[order]]
     result["scores"] = [float(s) for s in scores[order]]

@@ -319,3 +319,31 @@ def test_invalid_values_are_refused_by_python_and_the_app(
             ),
         )
     assert re.search(app_says or python_says, str(refused.value))
+
+
+def test_candidates_are_scored_in_batches_as_over_all_rows():
+    """Issue 14: only the queried row, the Fisher subset and the candidates
+    (in batches) get last-layer inputs; the scores are those computed from
+    every row's inputs at once."""
+    rng = np.random.default_rng(7)
+    means = rng.normal(size=(3, 20)) * 2
+    y = rng.integers(3, size=500)
+    X = (means[y] + rng.normal(size=(500, 20))).astype(np.float32)
+    probe = ce.SoftmaxProbe(X, y, 3)
+    inputs, probs = probe.inputs(X), probe.predict_proba(X)
+    subset = ce.fisher_subset(len(X), 50, 0)
+    kernel = ce.FisherKernel(inputs[subset], probs[subset], y[subset])
+    phi = kernel.embed(inputs, probs, y)
+    index = int(np.flatnonzero(y == 0)[0])
+    candidates = ce.counterexample_candidates(y, index, 1)
+    expected = ce.KERNEL_SIGN * (phi[candidates] @ phi[index])
+    got = ce.incompatibility(
+        kernel, probe, X, y, index, candidates, batch_size=7
+    )
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+    found = ce.rank_counterexamples(
+        X, y, 3, index, target=1, k=5, fisher_size=50, probe=probe
+    )
+    top = candidates[np.argsort(-expected, kind="stable")[:5]]
+    assert found["indices"] == top.tolist()
+    assert found["probability"] == pytest.approx(probs[index, 0])
