@@ -34,6 +34,9 @@ cleanlab-knn, cleanlab-logreg, rer, dynamics
             end to end ``apply_hardness`` (read + method + write); dynamics
             with ``methods=["aum", "loss"]``; with the AUROC of the score
             against the flipped labels
+dynamics-all
+            ``apply_hardness("dynamics", epochs=3)``: all 13 methods (about
+            40 fields written), 3 epochs so that 1M fits in minutes here
 knn-vote    ``probes.knn_vote_probs`` alone on the array
 knn-floor   scikit-learn's exact ``NearestNeighbors`` (cosine, brute) and
             the same vote
@@ -105,6 +108,7 @@ PHASES = [
     "cleanlab-logreg",
     "rer",
     "dynamics",
+    "dynamics-all",
 ]
 FLOORS = {
     "read": "read-floor",
@@ -595,6 +599,9 @@ _PHASES = {
     "rer": _apply_phase("rer", "scale_rer"),
     "dynamics": _apply_phase(
         "dynamics", "scale_dyn", methods=["aum", "loss"], use_cache=False
+    ),
+    "dynamics-all": _apply_phase(
+        "dynamics", "scale_dyn13", epochs=3, use_cache=False
     ),
 }
 
