@@ -31,8 +31,9 @@ user sees what the approximation cost on their data, not on ours.
 Cost: ``N * (m + r + 2)`` autoencoder evaluations instead of ``N * K``,
 plus ``N * K * D`` multiply-adds for the centroid distances (a 1/500 of one
 evaluation per class at 512 dims and 256 hidden units), plus the audit's
-``audit_rows * K`` evaluations (:func:`audit_size`: at most 2e5, about 12%
-of the candidates' at 100k samples and K = 100). Memory: the
+``audit_rows * K`` evaluations (:func:`audit_size`: at most
+``max(2e5, 100 K)``, about 12% of the candidates' at 100k samples and
+K = 100). Memory: the
 ``(N, m + r + 2)`` classes and errors (12 bytes each), one block of
 ``(chunk, K)`` centroid distances and the ``(K, audit_rows)`` audit
 errors; never ``N x K``.
