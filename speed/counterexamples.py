@@ -27,6 +27,7 @@ import sys
 import time
 
 import numpy as np
+from peak_memory import peak_mb, reset_peak  # speed/, this script's folder
 
 
 def _data(n, classes, seed=0):
@@ -43,21 +44,12 @@ def _data(n, classes, seed=0):
     return X, y
 
 
-def _peak_mb():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
 def _measure(n, classes, dense):
     from fiftyone_hardness.methods import counterexamples as ce
 
     X, y = _data(n, classes)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak to the current resident set
-    base = _peak_mb()
+    reset_peak()
+    base = peak_mb()
     start = time.perf_counter()
     if dense:
         probe = ce.SoftmaxProbe(X, y, classes, max_train=50000)
@@ -80,7 +72,7 @@ def _measure(n, classes, dense):
                 n=n,
                 how="dense" if dense else "ours",
                 seconds=seconds,
-                peak_mb=_peak_mb() - base,
+                peak_mb=peak_mb() - base,
                 features_mb=X.nbytes / 2**20,
             )
         )

@@ -28,6 +28,7 @@ os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
 
 import numpy as np  # noqa: E402
+from peak_memory import peak_mb, reset_peak  # noqa: E402 (speed/)
 
 NAME = "speed_predictions"
 
@@ -55,23 +56,14 @@ def _make(n, classes):
         )
 
 
-def _peak_mb():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
 def _measure(how):
     import fiftyone as fo
 
     from fiftyone_hardness.dataset_io.data import load_labeled_data
 
     data = load_labeled_data(fo.load_dataset(NAME), "gt")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak to the current resident set
-    base = _peak_mb()
+    reset_peak()
+    base = peak_mb()
     start = time.perf_counter()
     if how == "values":
         array = np.asarray(data.values("pred.logits"), dtype=np.float64)
@@ -80,7 +72,7 @@ def _measure(how):
     seconds = time.perf_counter() - start
     print(
         "%-8s %s  %.1f s  peak +%.0f MB (the array: %.0f MB)"
-        % (how, array.shape, seconds, _peak_mb() - base, array.nbytes / 2**20),
+        % (how, array.shape, seconds, peak_mb() - base, array.nbytes / 2**20),
         flush=True,
     )
 
