@@ -240,11 +240,7 @@ def read_vectors(
     from fiftyone_hardness.methods.validation import check_features
 
     _check_vector_field(samples, path)
-    chunk_size = _chunk_rows(len(ids), chunk_size)
-    rows = _VectorRows(len(ids), path)
-    for chunk in _labelled_chunks(samples, path, ids, label_field, chunk_size):
-        rows.add_chunk(chunk)
-    array = rows.finish(ids)
+    array = _read_rows(samples, path, ids, label_field, chunk_size, np.float32)
     return check_features(array, what=path, ids=ids)
 
 
@@ -264,20 +260,24 @@ def read_matrix(samples, path, ids, label_field, chunk_size=VECTOR_CHUNK_SIZE):
     """
     try:
         _check_vector_field(samples, path)
-    except HardnessError:
-        return None
-    rows = _VectorRows(len(ids), path, dtype=np.float64)
-    chunk_size = _chunk_rows(len(ids), chunk_size)
-    try:
-        for chunk in _labelled_chunks(
-            samples, path, ids, label_field, chunk_size
-        ):
-            rows.add_chunk(chunk)
-        matrix = rows.finish(ids)
+        matrix = _read_rows(
+            samples, path, ids, label_field, chunk_size, np.float64
+        )
     except HardnessError:
         return None
     # one number per sample is not a vector of class scores
     return matrix if matrix.shape[1] >= 2 else None
+
+
+def _read_rows(samples, path, ids, label_field, chunk_size, dtype):
+    """The vectors at ``path`` of the labelled samples ``ids`` as one
+    (N, D) ``dtype`` array, filled chunk by chunk; raises what
+    :meth:`_VectorRows.finish` raises."""
+    rows = _VectorRows(len(ids), path, dtype=dtype)
+    chunk_size = _chunk_rows(len(ids), chunk_size)
+    for chunk in _labelled_chunks(samples, path, ids, label_field, chunk_size):
+        rows.add_chunk(chunk)
+    return rows.finish(ids)
 
 
 def _chunk_rows(num_rows, chunk_size):

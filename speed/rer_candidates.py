@@ -39,6 +39,15 @@ from fiftyone_hardness.methods.rer.statistics import (  # noqa: E402
 )
 
 
+def _timed_rer(X, y, nearest_classes):
+    """``(compute_rer result, seconds)`` with ``nearest_classes``."""
+    start = time.perf_counter()
+    result = compute_rer(
+        X, y, config=RERConfig(nearest_classes=nearest_classes)
+    )
+    return result, time.perf_counter() - start
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=10000)
@@ -53,9 +62,7 @@ def main():
         args.n, args.classes, hard=args.data == "hard", seed=5
     )
     X = X[:, : args.dims].copy()
-    start = time.perf_counter()
-    exact = compute_rer(X, y, config=RERConfig(nearest_classes=None))
-    seconds = time.perf_counter() - start
+    exact, seconds = _timed_rer(X, y, None)
     exact_other = _min_other(exact.stats, y)
     print(
         "N=%d K=%d dims=%d %s data; load average %.1f; exact: %.1f s, "
@@ -71,9 +78,7 @@ def main():
         )
     )
     for m in args.m:
-        start = time.perf_counter()
-        cand = compute_rer(X, y, config=RERConfig(nearest_classes=m))
-        seconds = time.perf_counter() - start
+        cand, seconds = _timed_rer(X, y, m)
         other = _min_other(cand.stats, y)
         print(
             "m=%2d  min over other classes equal %.4f  preds equal %.4f  "
