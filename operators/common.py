@@ -592,6 +592,28 @@ def _stream(ctx, steps, output, title):
         yield ctx.ops.show_output(output(result).to_json(), result)
 
 
+def _candidate_message(audit):
+    """What RER's candidate classes did on this dataset (``audit`` is its
+    ``candidate_audit``, methods/rer/candidates.py)."""
+    if audit.get("nearest_classes", 0) is None:
+        return (
+            "; errors computed under every class: the nearest classes did "
+            "not reach candidate_coverage=%g on this dataset (measured on "
+            "%d random samples)" % (audit["coverage"], audit["rows"])
+        )
+    return (
+        "; errors computed under each sample's %d nearest classes: on %d "
+        "random samples, %.1f%% got the same smallest error over the other "
+        "classes as under every class (set nearest_classes=None for the "
+        "exact computation)"
+        % (
+            audit.get("nearest_classes", 10),
+            audit["rows"],
+            100.0 * audit["min_other_equal"],
+        )
+    )
+
+
 def run_summary(results):
     """Returns the short summary of a run that an operator ends with: what
     was scored, flagged and the noise-rate estimate of its default score
@@ -637,13 +659,7 @@ def run_summary(results):
         message += "; %s without a label skipped" % plural(skipped, "sample")
     audit = getattr(results, "candidate_audit", None)
     if audit:
-        message += (
-            "; errors computed under each sample's nearest classes: on %d "
-            "random samples, %.1f%% got the same smallest error over the "
-            "other classes as under every class (set nearest_classes=None "
-            "for the exact computation)"
-            % (audit["rows"], 100.0 * audit["min_other_equal"])
-        )
+        message += _candidate_message(audit)
     return {
         "run_key": results.key,
         "method": results.method,

@@ -257,20 +257,44 @@ def test_run_summary(centroid_runs):
         summary["message"]
     )
 
-    # RER with candidate classes says what they cost on this dataset
+    # RER with candidate classes says what they cost on this dataset: a
+    # fixed number of nearest classes, or as many as the coverage needs
     rer_run = dataset.apply_hardness(
         "rer",
         run_key="rer_near",
         embeddings_field="pixels",
         nearest_classes=3,
         sampled_classes=1,
+        candidate_coverage=None,
     )
     audit = dataset.load_run_results("rer_near").candidate_audit
     assert audit["rows"] == 1000 and 0 < audit["min_other_equal"] <= 1
+    assert audit["nearest_classes"] == 3
     rer_summary = common.run_summary(rer_run)
     assert (
-        "on 1000 random samples, %.1f%% got the same smallest error"
-        % (100 * audit["min_other_equal"])
+        "3 nearest classes: on 1000 random samples, %.1f%% got the same "
+        "smallest error" % (100 * audit["min_other_equal"])
+    ) in rer_summary["message"]
+    dataset.delete_run("rer_near")
+    rer_run = dataset.apply_hardness(
+        "rer",
+        run_key="rer_near",
+        embeddings_field="pixels",
+        nearest_classes=3,
+        sampled_classes=1,
+        candidate_coverage=0.999,
+    )
+    audit = dataset.load_run_results("rer_near").candidate_audit
+    rer_summary = common.run_summary(rer_run)
+    # on these 10 digit classes (pixels) the coverage needs more nearest
+    # classes than leave enough out: every class is evaluated, and the
+    # summary says why
+    assert audit["nearest_classes"] is None, audit
+    assert audit["min_other_equal"] == 1.0
+    assert (
+        "errors computed under every class: the nearest classes did not "
+        "reach candidate_coverage=0.999 on this dataset (measured on 1000 "
+        "random samples)"
     ) in rer_summary["message"]
     dataset.delete_run("rer_near")
 

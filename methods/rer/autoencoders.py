@@ -91,6 +91,29 @@ class BatchedAutoencoders:
     def parameters(self):
         return self.weights + self.biases
 
+    def drop_cache(self):
+        """Forgets the flattened first layer :meth:`errors` keeps (it
+        doubles that layer's memory while a trained model waits)."""
+        self._w0_flat = None
+
+    def state(self):
+        """The trained weights, for :meth:`from_state`."""
+        return {
+            "weights": self.weights,
+            "biases": self.biases,
+            "num_encoder_layers": self.num_encoder_layers,
+        }
+
+    @classmethod
+    def from_state(cls, state):
+        """The model of :meth:`state` (no initialization)."""
+        model = cls.__new__(cls)
+        model.weights = list(state["weights"])
+        model.biases = list(state["biases"])
+        model.num_encoder_layers = int(state["num_encoder_layers"])
+        model._w0_flat = None
+        return model
+
     def _layers(self, x, layers, last_activation, dropout=0.0, gen=None):
         torch = _torch()
         for j in layers:

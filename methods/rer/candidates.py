@@ -15,33 +15,49 @@ The classes ("slots") each sample ``i`` is evaluated under:
   the remaining "far" ones, whose mean error estimates the far classes'
   sum (the ``total`` of the chi statistics).
 
-From these, :class:`CandidateStatistics` gives the same
+**How many nearest classes (m).** Centroids are only a proxy for the
+autoencoder that reconstructs a sample best, and how good a proxy depends
+on the data (on our benchmark data the best other class is among the 10
+nearest centroids for 92% of samples with K = 50, for 43% with K = 100 and
+heavily overlapping classes). So m is measured on each run: all
+autoencoders are trained first, then :class:`ClassAudit` evaluates
+``audit_rows`` random samples (1000) under every class and finds, for each,
+the rank of its best other class among the other classes ordered by
+centroid distance. With ``candidate_coverage`` c, m is the
+``ceil((A + 1) c)``-th smallest of those A ranks, plus one (at least
+``nearest_classes``): since the audited rows are a random sample of the
+rows, a row's best other class is then among its m nearest with
+probability at least c (the conformal quantile; with A = 1000 and
+c = 0.999, the largest rank seen plus one). When that m leaves fewer than
+``r + 2`` classes out, every class is evaluated: the exact computation.
+With ``candidate_coverage=None``, m is ``nearest_classes`` as given.
+
+From the slots, :class:`CandidateStatistics` gives the same
 :class:`~fiftyone_hardness.methods.rer.statistics.ErrorStatistics` as the
 full computation: ``own`` and ``rand_own`` exactly; ``min1``, ``arg1``,
-``min2`` exactly whenever the two best classes are among the evaluated ones
-(measured: see :data:`~fiftyone_hardness.methods.rer.config.RERConfig`'s
-``nearest_classes``); ``total`` as an unbiased estimate.
-
-Every run audits itself: :class:`CandidateStatistics` also evaluates a
-random subset of ``audit_rows`` samples under every class and records how
-often the candidates' minimum over the other classes, and the predicted
-class, equal the exact ones there (``results["candidate_audit"]``), so a
-user sees what the approximation cost on their data, not on ours.
+``min2`` exactly whenever the two best classes are among the evaluated
+ones; ``total`` as an unbiased estimate. The run records, in
+``results["candidate_audit"]``, the m used and how often the final
+statistics' minimum over the other classes and predicted class equal the
+exact ones on the audited rows (an in-sample check when m was chosen on
+them; an honest estimate with ``candidate_coverage=None``).
 
 Cost: ``N * (m + r + 2)`` autoencoder evaluations instead of ``N * K``,
 plus ``N * K * D`` multiply-adds for the centroid distances (a 1/500 of one
 evaluation per class at 512 dims and 256 hidden units), plus the audit's
-``audit_rows * K`` evaluations (:func:`audit_size`: at most
-``max(2e5, 100 K)``, about 12% of the candidates' at 100k samples and
-K = 100). Memory: the
+``A * K`` evaluations (1% of the exact ones at 100k samples). Memory: the
 ``(N, m + r + 2)`` classes and errors (12 bytes each), one block of
-``(chunk, K)`` centroid distances and the ``(K, audit_rows)`` audit
-errors; never ``N x K``.
+``(chunk, K)`` centroid distances and the ``(K, A)`` audit errors; never
+``N x K``. The trained models wait for m in memory up to
+``memory_budget_mb`` (``K x 4 x (2 D H + 2 H C)`` bytes for hidden size H
+and code size C: 108 MB at K = 100, D = 512), in a temporary folder beyond
+(``core.py``).
 
 torch is imported inside the functions that need it.
 """
 
 import logging
+import math
 
 import numpy as np
 
@@ -50,19 +66,50 @@ from fiftyone_hardness.methods.rer.statistics import ErrorStatistics
 logger = logging.getLogger(__name__)
 
 
-def use_candidates(nearest_classes, sampled_classes, num_present):
-    """Whether the candidate classes evaluate fewer classes per sample than
-    there are (else the exact computation is as cheap and exact)."""
+AUDIT_ROWS = 1000
+"""The rows :class:`ClassAudit` evaluates under every class: enough for the
+conformal rule at a coverage of 0.999 (it needs ``A >= c / (1 - c)``)."""
+
+
+def use_candidates(nearest_classes, sampled_classes, num_present, num_rows):
+    """Whether the candidate classes can evaluate fewer classes per sample
+    than there are, and the audit fewer rows than there are (else the
+    exact computation is as cheap and exact)."""
     if nearest_classes is None:
         return False
+    if num_rows <= AUDIT_ROWS:
+        return False
     return nearest_classes + sampled_classes + 2 < num_present
+
+
+def class_centroids(Xs, fit_rows):
+    """The (P, D) means of each present class's fitted rows of ``Xs``."""
+    import torch
+
+    device = Xs.device
+    return torch.stack(
+        [Xs[torch.as_tensor(rows, device=device)].mean(0) for rows in fit_rows]
+    )
+
+
+def _positions(present, device):
+    """A lookup from class id to its position among the present classes."""
+    import torch
+
+    position = torch.full(
+        (int(present.max()) + 1,), -1, dtype=torch.long, device=device
+    )
+    position[torch.as_tensor(present, device=device)] = torch.arange(
+        len(present), device=device
+    )
+    return position
 
 
 def candidate_classes(
     Xs,
     labels,
     rand_labels,
-    fit_rows,
+    centroids,
     present,
     nearest_classes,
     sampled_classes,
@@ -76,7 +123,7 @@ def candidate_classes(
         Xs: the (N, D) scaled features, a float32 tensor
         labels: (N,) the labels
         rand_labels: (N,) the random wrong labels
-        fit_rows: the fitted rows of each present class
+        centroids: the (P, D) :func:`class_centroids`
         present: the (P,) classes with samples
         nearest_classes: m
         sampled_classes: r
@@ -87,20 +134,13 @@ def candidate_classes(
 
     device = Xs.device
     present_t = torch.as_tensor(present, device=device)
-    centroids = torch.stack(
-        [Xs[torch.as_tensor(rows, device=device)].mean(0) for rows in fit_rows]
-    )
-    position = torch.full(
-        (int(present.max()) + 1,), -1, dtype=torch.long, device=device
-    )
-    position[present_t] = torch.arange(len(present), device=device)
     labels_t = torch.as_tensor(labels, device=device)
-    own = position[labels_t]
+    own = _positions(present, device)[labels_t]
     near = _nearest_centroids(
         Xs, centroids, own, nearest_classes, chunk_floats
     )
     far = _sampled_far(own, near, len(present), sampled_classes, seed)
-    slots = torch.cat(
+    return torch.cat(
         [
             labels_t[:, None],
             torch.as_tensor(rand_labels, device=device)[:, None],
@@ -109,7 +149,17 @@ def candidate_classes(
         ],
         dim=1,
     )
-    return slots
+
+
+def _centroid_scores(X, centroids, own):
+    """(B, P) ``2 x . c - |c|^2`` (larger = nearer centroid; the row's
+    own norm does not change the order), the own class at -inf."""
+    import torch
+
+    norms = (centroids * centroids).sum(1)
+    scores = torch.addmm(norms, X, centroids.T, beta=-1, alpha=2)
+    scores[torch.arange(len(X), device=X.device), own] = -float("inf")
+    return scores
 
 
 def _nearest_centroids(Xs, centroids, own, m, chunk_floats):
@@ -118,16 +168,12 @@ def _nearest_centroids(Xs, centroids, own, m, chunk_floats):
     import torch
 
     n = len(Xs)
-    norms = (centroids * centroids).sum(1)
     chunk = max(1, chunk_floats // len(centroids))
     out = torch.empty((n, m), dtype=torch.long, device=Xs.device)
     for s in range(0, n, chunk):
-        # -|x - c|^2 + |x|^2: larger = nearer
-        scores = torch.addmm(
-            norms, Xs[s : s + chunk], centroids.T, beta=-1, alpha=2
+        scores = _centroid_scores(
+            Xs[s : s + chunk], centroids, own[s : s + chunk]
         )
-        rows = torch.arange(len(scores), device=Xs.device)
-        scores[rows, own[s : s + chunk]] = -float("inf")
         out[s : s + chunk] = torch.topk(scores, m, dim=1).indices
     return out
 
@@ -149,11 +195,101 @@ def _sampled_far(own, near, num_present, r, seed):
     return u
 
 
-def audit_size(num_rows, num_present):
-    """The rows the audit evaluates under every class: 1000, fewer when
-    there are so many classes that ``rows * K`` would pass 2e5
-    evaluations (at least 100), never more than there are."""
-    return int(min(num_rows, max(100, min(1000, 200000 // num_present))))
+def conformal_rank(ranks, coverage):
+    """The ``ceil((A + 1) coverage)``-th smallest of the A ``ranks``: a new
+    exchangeable rank is at most it with probability at least
+    ``coverage``. None when A is too small for that coverage."""
+    ranks = np.sort(np.asarray(ranks))
+    k = int(math.ceil((len(ranks) + 1) * float(coverage) - 1e-9))
+    if k > len(ranks):
+        return None
+    return int(ranks[max(k, 1) - 1])
+
+
+class ClassAudit:
+    """``AUDIT_ROWS`` random rows evaluated under every class: they choose
+    how many nearest classes the others need (:meth:`nearest_needed`) and
+    check the final statistics (:meth:`summary`).
+
+    Args:
+        labels: (N,) the labels
+        present: the (P,) classes with samples
+        seed (0): the seed of the audited rows
+    """
+
+    def __init__(self, labels, present, seed=0):
+        rng = np.random.default_rng(int(seed) + 23)
+        n = len(labels)
+        self.rows = np.sort(rng.choice(n, min(n, AUDIT_ROWS), replace=False))
+        self.labels = np.asarray(labels)[self.rows]
+        self.present = np.asarray(present)
+        self.errors = np.full(
+            (len(self.present), len(self.rows)), np.nan, np.float32
+        )
+
+    def evaluate(self, model, class_ids, Xs, block_rows):
+        """Fills the errors under ``class_ids`` (the classes of ``model``,
+        in its order)."""
+        import torch
+
+        rows = torch.as_tensor(self.rows, device=Xs.device)
+        positions = np.searchsorted(self.present, np.asarray(class_ids))
+        with torch.no_grad():
+            for s in range(0, len(rows), block_rows):
+                self.errors[positions, s : s + block_rows] = (
+                    model.errors(Xs[rows[s : s + block_rows]]).cpu().numpy()
+                )
+
+    def _exact(self):
+        """(positions of the exact best other classes, exact predictions,
+        exact minimum error over the other classes) of the audited rows."""
+        if np.isnan(self.errors).any():
+            raise RuntimeError("some audited rows were never evaluated")
+        exact = self.errors.astype(np.float64)
+        pred = self.present[np.argmin(exact, axis=0)]
+        columns = np.arange(len(self.rows))
+        exact[np.searchsorted(self.present, self.labels), columns] = np.inf
+        return np.argmin(exact, axis=0), pred, exact.min(axis=0)
+
+    def nearest_needed(self, Xs, centroids, coverage):
+        """The m for ``coverage`` (module notes): the conformal rank of the
+        audited rows' best other classes among their other classes by
+        centroid distance, plus one; None when the audit is too small."""
+        import torch
+
+        best, _, _ = self._exact()
+        rows = torch.as_tensor(self.rows, device=Xs.device)
+        own = _positions(self.present, Xs.device)[
+            torch.as_tensor(self.labels, device=Xs.device)
+        ]
+        scores = _centroid_scores(Xs[rows], centroids, own)
+        target = scores[
+            torch.arange(len(rows), device=Xs.device),
+            torch.as_tensor(best, device=Xs.device),
+        ]
+        # classes strictly nearer than the best other one: 0 = the nearest
+        ranks = (scores > target[:, None]).sum(1).cpu().numpy()
+        rank = conformal_rank(ranks, coverage)
+        return None if rank is None else rank + 1
+
+    def summary(self, stats, nearest_classes, coverage):
+        """The record of a run (module notes): the audited rows, the m
+        used (None when every class was evaluated), the coverage asked
+        for and the shares of audited rows whose final minimum over the
+        other classes and predicted class equal the exact ones."""
+        _, exact_pred, exact_other = self._exact()
+        min1, min2 = stats.min1[self.rows], stats.min2[self.rows]
+        pred = stats.arg1[self.rows]
+        other = np.where(pred == self.labels, min2, min1)
+        return dict(
+            rows=int(len(self.rows)),
+            nearest_classes=nearest_classes,
+            coverage=coverage,
+            min_other_equal=float(
+                np.mean(np.isclose(other, exact_other, rtol=1e-5, atol=1e-7))
+            ),
+            predictions_equal=float(np.mean(pred == exact_pred)),
+        )
 
 
 class CandidateStatistics:
@@ -166,25 +302,12 @@ class CandidateStatistics:
         nearest_classes: m (slots ``2 .. m + 1``)
         num_present: the number of classes with an autoencoder
         rand_labels: (N,) the random wrong labels
-        present: the (P,) classes with samples
-        seed (0): the seed of the audited rows
     """
 
-    def __init__(
-        self, slots, nearest_classes, num_present, rand_labels, present, seed=0
-    ):
+    def __init__(self, slots, nearest_classes, num_present, rand_labels):
         import torch
 
         self.slots = slots
-        rng = np.random.default_rng(int(seed) + 23)
-        n = len(slots)
-        self.audit_rows = np.sort(
-            rng.choice(n, audit_size(n, num_present), replace=False)
-        )
-        self.present = np.asarray(present)
-        self.audit_errors = np.full(
-            (len(self.present), len(self.audit_rows)), np.nan, np.float32
-        )
         self.m = int(nearest_classes)
         self.num_present = int(num_present)
         self.rand_labels = np.asarray(rand_labels)
@@ -211,13 +334,7 @@ class CandidateStatistics:
 
         width = self.slots.shape[1]
         flat_errors = self.errors.view(-1)
-        audit = torch.as_tensor(self.audit_rows, device=Xs.device)
-        positions = np.searchsorted(self.present, np.asarray(class_ids))
         with torch.no_grad():
-            for s in range(0, len(audit), block_rows):
-                self.audit_errors[positions, s : s + block_rows] = (
-                    model.errors(Xs[audit[s : s + block_rows]]).cpu().numpy()
-                )
             for index, c in enumerate(class_ids):
                 if int(c) not in self._segments:
                     continue
@@ -252,7 +369,6 @@ class CandidateStatistics:
         far = errors[:, 2 + self.m :].mean(1)
         num_far = self.num_present - 1 - self.m
         total = errors[:, 0] + near + num_far * far
-        self.audit = self._audit(slots, values, arg1)
         return ErrorStatistics(
             own=errors[:, 0].cpu().numpy(),
             min1=values[:, 0].cpu().numpy(),
@@ -262,27 +378,4 @@ class CandidateStatistics:
             rand_own=errors[:, 1].cpu().numpy(),
             rand_labels=self.rand_labels,
             num_classes=self.num_present,
-        )
-
-    def _audit(self, slots, values, arg1):
-        """The audit (module notes): on the audited rows, the share whose
-        minimum error over the other classes and whose predicted class
-        (smallest error over every class) equal the exact ones."""
-        rows = self.audit_rows
-        exact = self.audit_errors.astype(np.float64)
-        own = slots[rows, 0].cpu().numpy()
-        own_position = np.searchsorted(self.present, own)
-        columns = np.arange(len(rows))
-        exact_pred = self.present[np.argmin(exact, axis=0)]
-        exact[own_position, columns] = np.inf
-        exact_other = exact.min(axis=0)
-        best = values[rows].cpu().numpy()
-        pred = arg1[rows].cpu().numpy()
-        other = np.where(pred == own, best[:, 1], best[:, 0])
-        return dict(
-            rows=int(len(rows)),
-            min_other_equal=float(
-                np.mean(np.isclose(other, exact_other, rtol=1e-5, atol=1e-7))
-            ),
-            predictions_equal=float(np.mean(pred == exact_pred)),
         )

@@ -276,12 +276,27 @@ class RERConfig(MethodConfig):
     nearest_classes: int = param(
         10,
         "Each sample's error is computed under its own class, its random "
-        "wrong label, the classes with the nearest centroids (this many) "
-        "and sampled_classes random others, instead of under every class; "
+        "wrong label, at least this many classes with the nearest "
+        "centroids (more when candidate_coverage needs them) and "
+        "sampled_classes random others, instead of under every class; "
         "None for every class (exact, O(N x K)). Used when it is fewer "
         "classes than there are",
         kind="int",
         minimum=1,
+        optional=True,
+        form=False,
+    )
+    candidate_coverage: float = param(
+        0.999,
+        "With nearest_classes: the share of samples whose best other "
+        "class must be among their nearest classes, measured on 1000 "
+        "samples evaluated under every class; the number of nearest "
+        "classes grows until it holds (up to every class, the exact "
+        "computation). None: exactly nearest_classes",
+        kind="float",
+        minimum=0,
+        exclusive_minimum=True,
+        maximum=0.999,
         optional=True,
         form=False,
     )

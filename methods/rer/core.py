@@ -29,6 +29,8 @@ N`` errors; :func:`_chunk_sizes` sizes the chunks to ``memory_budget_mb``.
 import contextlib
 import logging
 import math
+import os
+import tempfile
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -42,7 +44,9 @@ from fiftyone_hardness.methods.base import (
 from fiftyone_hardness.methods.rer import autoencoders
 from fiftyone_hardness.methods.rer.candidates import (
     CandidateStatistics,
+    ClassAudit,
     candidate_classes,
+    class_centroids,
     use_candidates,
 )
 from fiftyone_hardness.methods.rer.config import RERConfig
@@ -156,7 +160,9 @@ def _compute(
     X, explained, input_dims = _project(X, fit_rows, config, progress)
     Xs = _scaled_tensor(X, fit_rows, device)
     plan = _make_plan(X, fit_rows, config, device, explained, input_dims)
-    plan.error_classes = _error_classes(config, len(present), keep_errors)
+    plan.error_classes = _error_classes(
+        config, len(present), len(labels), keep_errors
+    )
     stats, errors, losses, audit = _train_and_evaluate(
         Xs,
         labels,
@@ -294,14 +300,15 @@ def _epoch_samples(fit_rows, config):
     return mean
 
 
-def _error_classes(config, num_present, keep_errors):
+def _error_classes(config, num_present, num_rows, keep_errors):
     """The classes each sample is evaluated under: ``"all"`` (exact), or
-    their number with the candidate classes."""
+    ``"candidates"`` (:mod:`~fiftyone_hardness.methods.rer.candidates`;
+    their number, or ``"all"``, is known once the models are trained)."""
     if keep_errors or not use_candidates(
-        config.nearest_classes, config.sampled_classes, num_present
+        config.nearest_classes, config.sampled_classes, num_present, num_rows
     ):
         return "all"
-    return int(config.nearest_classes + config.sampled_classes + 2)
+    return "candidates"
 
 
 def _chunk_sizes(config, dim, num_present, device):
@@ -381,20 +388,30 @@ def _train_and_evaluate(
     keep_errors,
 ):
     """Returns ``(statistics, (K, N) errors or None, (steps, K) losses,
-    the candidate audit or None)``."""
+    the candidate audit or None)``. Exact: each chunk's errors are folded
+    into the running statistics as soon as it is trained. With candidate
+    classes: every chunk is trained (and the audited rows evaluated under
+    it) before the candidates are chosen and evaluated."""
     import torch
 
     n = len(labels)
     rand_labels = random_wrong_labels(
         labels, num_classes, seed=config.seed + 1, present=present
     )
-    running = _error_collector(
-        Xs, labels, rand_labels, fit_rows, present, config, plan, keep_errors
-    )
+    candidates = plan.error_classes == "candidates"
+    if candidates:
+        audit = ClassAudit(labels, present, seed=config.seed)
+        trained = _TrainedChunks(plan.memory_budget_mb * 2**20 / 4)
+    else:
+        running = autoencoders.RunningStatistics(
+            labels, rand_labels, plan.device
+        )
     errors_full = np.zeros((num_classes, n)) if keep_errors else None
     all_losses = np.zeros((plan.steps, num_classes), dtype=np.float32)
     size = plan.class_chunk_size
     chunks = [present[i : i + size] for i in range(0, len(present), size)]
+    # the share of the progress bar the training takes
+    share = 0.8 if candidates else 1.0
     gen = torch.Generator(device=plan.device)
     for j, chunk in enumerate(chunks):
         gen.manual_seed(int(config.seed) * 7919 + j)
@@ -406,12 +423,15 @@ def _train_and_evaluate(
             config,
             plan,
             gen,
-            _chunk_progress(progress, j, len(chunks), chunk, num_classes),
+            _chunk_progress(
+                progress, j, len(chunks), chunk, num_classes, share
+            ),
         )
         all_losses[:, chunk] = losses
-        progress((j + 0.9) / len(chunks), "reconstruction errors")
-        if isinstance(running, CandidateStatistics):
-            running.evaluate(model, chunk, Xs, plan.sample_chunk_size)
+        progress(share * (j + 0.9) / len(chunks), "reconstruction errors")
+        if candidates:
+            audit.evaluate(model, chunk, Xs, plan.sample_chunk_size)
+            trained.add(chunk, model)
         else:
             errors = _chunk_errors(model, Xs, plan.sample_chunk_size)
             running.update(chunk, errors)
@@ -419,44 +439,138 @@ def _train_and_evaluate(
                 errors_full[chunk] = errors.cpu().numpy()
             del errors
         del model
-    stats = running.result()
-    return stats, errors_full, all_losses, getattr(running, "audit", None)
+    if not candidates:
+        return running.result(), errors_full, all_losses, None
+
+    def evaluation_progress(fraction):
+        progress(share + (1 - share) * fraction, "reconstruction errors")
+
+    with trained:
+        stats, nearest = _candidate_statistics(
+            Xs,
+            labels,
+            rand_labels,
+            fit_rows,
+            present,
+            config,
+            plan,
+            audit,
+            trained,
+            evaluation_progress,
+        )
+    plan.error_classes = (
+        "all" if nearest is None else nearest + config.sampled_classes + 2
+    )
+    summary = audit.summary(stats, nearest, config.candidate_coverage)
+    return stats, None, all_losses, summary
 
 
-def _error_collector(
-    Xs, labels, rand_labels, fit_rows, present, config, plan, keep_errors
+def _candidate_statistics(
+    Xs,
+    labels,
+    rand_labels,
+    fit_rows,
+    present,
+    config,
+    plan,
+    audit,
+    trained,
+    progress,
 ):
-    """What folds the reconstruction errors into per-sample statistics:
-    the errors under each sample's candidate classes
-    (:mod:`~fiftyone_hardness.methods.rer.candidates`) when there are many
-    classes, else (or with ``keep_errors``) the running statistics over
-    every class."""
-    if plan.error_classes == "all":
-        return autoencoders.RunningStatistics(labels, rand_labels, plan.device)
+    """``(statistics, m)`` from the trained models: the errors under each
+    sample's m nearest classes and the sampled ones, m chosen by the audit
+    for ``candidate_coverage`` (``methods/rer/candidates.py``); under every
+    class (m = None) when that m would leave too few classes out."""
+    centroids = class_centroids(Xs, fit_rows)
+    m = config.nearest_classes
+    if config.candidate_coverage is not None:
+        needed = audit.nearest_needed(Xs, centroids, config.candidate_coverage)
+        m = None if needed is None else max(m, needed)
+    if m is None or not use_candidates(
+        m, config.sampled_classes, len(present), len(labels)
+    ):
+        running = autoencoders.RunningStatistics(
+            labels, rand_labels, plan.device
+        )
+        for k, (chunk, model) in enumerate(trained):
+            running.update(
+                chunk, _chunk_errors(model, Xs, plan.sample_chunk_size)
+            )
+            progress((k + 1) / len(trained))
+        return running.result(), None
     slots = candidate_classes(
         Xs,
         labels,
         rand_labels,
-        fit_rows,
+        centroids,
         present,
-        config.nearest_classes,
+        m,
         config.sampled_classes,
         seed=config.seed,
     )
-    return CandidateStatistics(
-        slots,
-        config.nearest_classes,
-        len(present),
-        rand_labels,
-        present,
-        seed=config.seed,
-    )
+    collected = CandidateStatistics(slots, m, len(present), rand_labels)
+    for k, (chunk, model) in enumerate(trained):
+        collected.evaluate(model, chunk, Xs, plan.sample_chunk_size)
+        progress((k + 1) / len(trained))
+    return collected.result(), m
 
 
-def _chunk_progress(progress, j, num_chunks, chunk, num_classes):
+class _TrainedChunks:
+    """The trained chunk models, kept until the candidate classes are
+    known: in memory up to ``budget_floats`` parameters, beyond that in a
+    temporary folder (removed on exit) and read back one chunk at a time.
+    Iterates as ``(classes, model)``."""
+
+    def __init__(self, budget_floats):
+        self.budget = budget_floats
+        self.kept = 0
+        self.items = []
+        self._folder = None
+
+    def add(self, chunk, model):
+        import torch
+
+        for tensor in model.parameters():
+            tensor.requires_grad_(False)
+            tensor.grad = None
+        model.drop_cache()
+        size = sum(t.numel() for t in model.parameters())
+        if self.kept + size <= self.budget:
+            self.kept += size
+            self.items.append((chunk, model))
+            return
+        if self._folder is None:
+            self._folder = tempfile.TemporaryDirectory(prefix="rer-models-")
+        path = os.path.join(self._folder.name, "%d.pt" % len(self.items))
+        torch.save(model.state(), path)
+        self.items.append((chunk, path))
+
+    def __len__(self):
+        return len(self.items)
+
+    def __iter__(self):
+        import torch
+
+        for chunk, model in self.items:
+            if isinstance(model, str):
+                model = autoencoders.BatchedAutoencoders.from_state(
+                    torch.load(model, weights_only=True)
+                )
+            yield chunk, model
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.items = []
+        if self._folder is not None:
+            self._folder.cleanup()
+
+
+def _chunk_progress(progress, j, num_chunks, chunk, num_classes, share):
     def report(fraction):
         progress(
-            (j + 0.9 * fraction) / num_chunks,
+            share * (j + 0.9 * fraction) / num_chunks,
             "training autoencoders (classes %d-%d of %d)"
             % (chunk[0] + 1, chunk[-1] + 1, num_classes),
         )
