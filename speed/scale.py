@@ -34,6 +34,9 @@ cleanlab-knn, cleanlab-logreg, rer, dynamics
             end to end ``apply_hardness`` (read + method + write); dynamics
             with ``methods=["aum", "loss"]``; with the AUROC of the score
             against the flipped labels
+rer-fixed   ``apply_hardness("rer", candidate_coverage=None)``: exactly 10
+            nearest classes (the ``rer`` phase grows them until its audit
+            covers 99.9%, up to every class); both note the classes used
 dynamics-all
             ``apply_hardness("dynamics", epochs=3)``: all 13 methods (about
             40 fields written), 3 epochs so that 1M fits in minutes here
@@ -107,6 +110,7 @@ PHASES = [
     "cleanlab-knn",
     "cleanlab-logreg",
     "rer",
+    "rer-fixed",
     "dynamics",
     "dynamics-all",
 ]
@@ -529,7 +533,8 @@ def _apply_phase(method, run_key, **kwargs):
             )
 
         def after(_, results):
-            return {"auroc": _auroc(dataset, run_key)}
+            audit = getattr(results, "candidate_audit", None)
+            return {"auroc": _auroc(dataset, run_key), "audit": audit}
 
         return None, measured, after
 
@@ -597,6 +602,10 @@ _PHASES = {
         "cleanlab", "scale_logreg", probs="logreg"
     ),
     "rer": _apply_phase("rer", "scale_rer"),
+    # a fixed 10 nearest classes, whatever the share they cover
+    "rer-fixed": _apply_phase(
+        "rer", "scale_rer_fixed", candidate_coverage=None
+    ),
     "dynamics": _apply_phase(
         "dynamics", "scale_dyn", methods=["aum", "loss"], use_cache=False
     ),
@@ -712,6 +721,14 @@ def print_report(args, results, inserts):
                 "AUROC %s %.3f" % (name, auroc)
                 for name, auroc in sorted((r.get("auroc") or {}).items())
             ]
+            if r.get("audit"):
+                notes.append(
+                    "nearest classes %s, audit min equal %.3f"
+                    % (
+                        r["audit"]["nearest_classes"] or "all",
+                        r["audit"]["min_other_equal"],
+                    )
+                )
             if not r.get("exact_peak", True):
                 notes.append("peak from ru_maxrss")
             print(
