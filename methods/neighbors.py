@@ -189,11 +189,11 @@ def nearest_neighbors(
             candidates, info = _ivf_candidates(
                 Xt, k, metric, options, seed, chunk_floats, progress
             )
-            indices = _rerank(Xt, candidates, k, metric, chunk_floats)
-            indices = _complete(Xt, indices, k, metric, chunk_floats, info)
-            indices, distances = _sorted_with_distances(
-                Xt, indices, metric, chunk_floats
+            indices, distances = _rerank(
+                Xt, candidates, k, metric, chunk_floats
             )
+            _complete(Xt, indices, distances, k, metric, chunk_floats, info)
+            indices, distances = _sorted_by_distance(indices, distances)
     info.update(method=method, metric=metric, k=k, device=str(device))
     return Neighbors(
         indices=indices.cpu().numpy(),
@@ -466,7 +466,8 @@ def _scan_group(Zs, norms, positions, lists, starts, sizes, c, chunk_floats):
             inside = torch.nonzero((query >= lo) & (query < lo + size))
             inside = inside.squeeze(1)
             s[inside, query[inside] - lo] = -math.inf  # never itself
-            v, m = torch.topk(s, keep, dim=1)
+            # unsorted: the group's merge and the re-ranking order them
+            v, m = torch.topk(s, keep, dim=1, sorted=False)
             if keep < c:
                 v = torch.nn.functional.pad(v, (0, c - keep), value=-math.inf)
                 m = torch.nn.functional.pad(m, (0, c - keep), value=-1 - lo)
@@ -477,20 +478,21 @@ def _scan_group(Zs, norms, positions, lists, starts, sizes, c, chunk_floats):
     inverse = torch.argsort(torch.cat(pairs_done))
     values = torch.cat(values).index_select(0, inverse).view(g, probes * c)
     members = torch.cat(members).index_select(0, inverse).view(g, probes * c)
-    best_values, best = torch.topk(values, c, dim=1)
+    best_values, best = torch.topk(values, c, dim=1, sorted=False)
     best = torch.gather(members, 1, best)
     return torch.where(torch.isfinite(best_values), best, -1)
 
 
 def _rerank(X, candidates, k, metric, chunk_floats):
     """Step 4: the ``k`` candidates of each row nearest in the full space
-    (-1 where fewer than ``k`` exist)."""
+    and their distances (index -1 where fewer than ``k`` exist)."""
     import torch
 
     n, c = candidates.shape
     scale = _metric_norms(X, metric)
     chunk = max(1, chunk_floats // (4 * c * X.shape[1]))
     out = torch.empty((n, k), dtype=torch.long, device=X.device)
+    distances = torch.empty((n, k), dtype=torch.float32, device=X.device)
     for s in range(0, n, chunk):
         cand = candidates[s : s + chunk]
         rows = torch.arange(s, s + len(cand), device=X.device)
@@ -499,11 +501,13 @@ def _rerank(X, candidates, k, metric, chunk_floats):
         values, best = torch.topk(dist, k, dim=1, largest=False)
         best = torch.gather(cand, 1, best)
         out[s : s + chunk] = torch.where(torch.isfinite(values), best, -1)
-    return out
+        distances[s : s + chunk] = values
+    return out, distances
 
 
-def _complete(X, indices, k, metric, chunk_floats, info):
-    """Rows with fewer than ``k`` candidates get the exact search."""
+def _complete(X, indices, distances, k, metric, chunk_floats, info):
+    """Rows with fewer than ``k`` candidates get the exact search (in
+    place)."""
     import torch
 
     short = torch.nonzero((indices < 0).any(1)).squeeze(1)
@@ -512,7 +516,9 @@ def _complete(X, indices, k, metric, chunk_floats, info):
         indices[short] = _exact_search(
             X, k, metric, chunk_floats, lambda *a: None, rows=short
         )
-    return indices
+        distances[short] = _pair_distances(
+            X, short, indices[short], metric, _metric_norms(X, metric)
+        )
 
 
 def _metric_norms(X, metric):
@@ -543,19 +549,3 @@ def _pair_distances(X, rows, others, metric, scale):
         return 1.0 - dots * scale[others] * scale[rows][:, None]
     sq = scale[others] + scale[rows][:, None] - 2 * dots
     return sq.clamp_min_(0).sqrt_()
-
-
-def _sorted_with_distances(X, indices, metric, chunk_floats):
-    """The neighbours sorted nearest first (ties by index) with their
-    distances."""
-    import torch
-
-    n, k = indices.shape
-    scale = _metric_norms(X, metric)
-    chunk = max(1, chunk_floats // (4 * k * X.shape[1]))
-    distances = torch.empty((n, k), dtype=torch.float32, device=X.device)
-    for s in range(0, n, chunk):
-        idx = indices[s : s + chunk]
-        rows = torch.arange(s, s + len(idx), device=X.device)
-        distances[s : s + chunk] = _pair_distances(X, rows, idx, metric, scale)
-    return _sorted_by_distance(indices, distances)

@@ -14,7 +14,10 @@ The entry points of RER: :func:`compute_rer` on arrays and
 4. plan the training: steps, UMAP's ``(a, b)``, chunk sizes, threads;
 5. train the class autoencoders one chunk of classes at a time and fold
    their reconstruction errors into per-sample statistics
-   (:mod:`~fiftyone_hardness.methods.rer.autoencoders`);
+   (:mod:`~fiftyone_hardness.methods.rer.autoencoders`); with many
+   classes, train every chunk first, then evaluate each sample under the
+   candidate classes its audit asks for
+   (:mod:`~fiftyone_hardness.methods.rer.candidates`);
 6. compute every output from the statistics
    (:mod:`~fiftyone_hardness.methods.rer.statistics`).
 
@@ -24,6 +27,9 @@ statistics (own error, smallest and second-smallest error with its class,
 sum, and the error of a random wrong label) are updated chunk by chunk.
 Peak memory is about ``N * D`` (features) + one chunk's models + ``chunk *
 N`` errors; :func:`_chunk_sizes` sizes the chunks to ``memory_budget_mb``.
+With candidate classes, add the trained models while they wait (at most
+``memory_budget_mb``, the rest in a temporary folder) and the
+``(N, m + r + 2)`` candidate classes and errors.
 """
 
 import contextlib
