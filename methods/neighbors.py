@@ -35,7 +35,7 @@ knn_vote_probs`).
 
   Cost ``O(N * (C + probes * N / C) * search_dims + N * candidates * D)``
   with ``C ~ sqrt(N)`` lists: ``O(N^1.5)``, about 8 s at 100k x 512 on
-  2 CPU cores, about 3 minutes at 1M (171-190 s; ``speed/knn.py``
+  2 CPU cores, under 3 minutes at 1M (164-173 s; ``speed/knn.py``
   measures both methods and the growth exponent).
 
 Peak memory beyond the (N, D) input, for N rows, D dims, d = search_dims,
