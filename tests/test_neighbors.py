@@ -110,3 +110,43 @@ def test_bad_options_are_refused():
         nearest_neighbors(X, 5, method="ivf", probe=3)
     with pytest.raises(HardnessError, match="1 <= k < N"):
         nearest_neighbors(X, 100)
+
+
+@pytest.mark.parametrize("chunk_floats", [1 << 26, 4096])
+def test_list_scan_keeps_the_best_of_every_probed_member(chunk_floats):
+    """The list-by-list scan drops no candidate: the result is the top c
+    over every member of the probed lists, also for rows whose own list is
+    tiny and with groups and blocks small enough to split lists (4096
+    floats)."""
+    import torch
+
+    from fiftyone_hardness.methods.neighbors import _scan_lists
+
+    rng = np.random.default_rng(0)
+    n, num_lists, probes, c = 600, 12, 4, 8
+    Z = torch.from_numpy(rng.normal(size=(n, 6)).astype(np.float32))
+    # uneven lists, two of them tiny (1 and 3 rows)
+    own = rng.choice(num_lists - 2, size=n)
+    own[:1], own[1:4] = num_lists - 2, num_lists - 1
+    others = np.stack(
+        [rng.permutation(num_lists)[:probes] for _ in range(n)]
+    )
+    lists = np.concatenate([own[:, None], others], axis=1)
+    lists = np.array(  # own list first, no list twice
+        [[r[0]] + [j for j in r[1:] if j != r[0]][: probes - 1] for r in lists]
+    )
+    got = _scan_lists(
+        Z,
+        torch.from_numpy(lists),
+        num_lists,
+        c,
+        chunk_floats,
+        lambda *a: None,
+    ).numpy()
+    z = Z.numpy().astype(np.float64)
+    for i in range(n):
+        members = np.flatnonzero(np.isin(own, lists[i]))
+        members = members[members != i]
+        scores = 2 * z[members] @ z[i] - (z[members] ** 2).sum(1)
+        best = set(members[np.argsort(-scores)[:c]])
+        assert set(got[i][got[i] >= 0]) == best, i
