@@ -128,9 +128,7 @@ def test_list_scan_keeps_the_best_of_every_probed_member(chunk_floats):
     # uneven lists, two of them tiny (1 and 3 rows)
     own = rng.choice(num_lists - 2, size=n)
     own[:1], own[1:4] = num_lists - 2, num_lists - 1
-    others = np.stack(
-        [rng.permutation(num_lists)[:probes] for _ in range(n)]
-    )
+    others = np.stack([rng.permutation(num_lists)[:probes] for _ in range(n)])
     lists = np.concatenate([own[:, None], others], axis=1)
     lists = np.array(  # own list first, no list twice
         [[r[0]] + [j for j in r[1:] if j != r[0]][: probes - 1] for r in lists]
