@@ -259,44 +259,38 @@ def test_run_summary(centroid_runs):
 
     # RER with candidate classes says what they cost on this dataset: a
     # fixed number of nearest classes, or as many as the coverage needs
-    rer_run = dataset.apply_hardness(
-        "rer",
-        run_key="rer_near",
-        embeddings_field="pixels",
-        nearest_classes=3,
-        sampled_classes=1,
-        candidate_coverage=None,
-    )
-    audit = dataset.load_run_results("rer_near").candidate_audit
+    def rer_near(coverage):
+        run = dataset.apply_hardness(
+            "rer",
+            run_key="rer_near",
+            embeddings_field="pixels",
+            nearest_classes=3,
+            sampled_classes=1,
+            candidate_coverage=coverage,
+        )
+        audit = dataset.load_run_results("rer_near").candidate_audit
+        message = common.run_summary(run)["message"]
+        dataset.delete_run("rer_near")
+        return audit, message
+
+    audit, message = rer_near(None)
     assert audit["rows"] == 1000 and 0 < audit["min_other_equal"] <= 1
     assert audit["nearest_classes"] == 3
-    rer_summary = common.run_summary(rer_run)
     assert (
         "3 nearest classes: on 1000 random samples, %.1f%% got the same "
         "smallest error" % (100 * audit["min_other_equal"])
-    ) in rer_summary["message"]
-    dataset.delete_run("rer_near")
-    rer_run = dataset.apply_hardness(
-        "rer",
-        run_key="rer_near",
-        embeddings_field="pixels",
-        nearest_classes=3,
-        sampled_classes=1,
-        candidate_coverage=0.999,
-    )
-    audit = dataset.load_run_results("rer_near").candidate_audit
-    rer_summary = common.run_summary(rer_run)
+    ) in message
     # on these 10 digit classes (pixels) the coverage needs more nearest
     # classes than leave enough out: every class is evaluated, and the
     # summary says why
+    audit, message = rer_near(0.999)
     assert audit["nearest_classes"] is None, audit
     assert audit["min_other_equal"] == 1.0
     assert (
         "errors computed under every class: the nearest classes did not "
         "reach candidate_coverage=0.999 on this dataset (measured on 1000 "
         "random samples)"
-    ) in rer_summary["message"]
-    dataset.delete_run("rer_near")
+    ) in message
 
     # the button opens the run's flagged samples (of that score)
     output = common.summary_output(summary, PLUGIN).to_json()

@@ -21,9 +21,9 @@ on the data (on our benchmark data the best other class is among the 10
 nearest centroids for 92% of samples with K = 50, for 43% with K = 100 and
 heavily overlapping classes). So m is measured on each run: all
 autoencoders are trained first, then :class:`ClassAudit` evaluates
-``audit_rows`` random samples (1000) under every class and finds, for each,
-the rank of its best other class among the other classes ordered by
-centroid distance. With ``candidate_coverage`` c, m is the
+:data:`AUDIT_ROWS` random samples (1000) under every class and finds,
+for each, the rank of its best other class among the other classes
+ordered by centroid distance. With ``candidate_coverage`` c, m is the
 ``ceil((A + 1) c)``-th smallest of those A ranks, plus one (at least
 ``nearest_classes``): since the audited rows are a random sample of the
 rows, a row's best other class is then among its m nearest with
