@@ -69,7 +69,6 @@ class BatchedAutoencoders:
         self.num_encoder_layers = len(enc) - 1
         self.weights = []
         self.biases = []
-        self._w0_flat = None
         for fan_in, fan_out in zip(enc[:-1] + dec[:-1], enc[1:] + dec[1:]):
             limit = math.sqrt(6.0 / (fan_in + fan_out))
             w = torch.empty(num_models, fan_in, fan_out)
@@ -91,11 +90,6 @@ class BatchedAutoencoders:
     def parameters(self):
         return self.weights + self.biases
 
-    def drop_cache(self):
-        """Forgets the flattened first layer :meth:`errors` keeps (it
-        doubles that layer's memory while a trained model waits)."""
-        self._w0_flat = None
-
     def state(self):
         """The trained weights, for :meth:`from_state`."""
         return {
@@ -111,7 +105,6 @@ class BatchedAutoencoders:
         model.weights = list(state["weights"])
         model.biases = list(state["biases"])
         model.num_encoder_layers = int(state["num_encoder_layers"])
-        model._w0_flat = None
         return model
 
     def _layers(self, x, layers, last_activation, dropout=0.0, gen=None):
@@ -139,25 +132,18 @@ class BatchedAutoencoders:
 
     def errors(self, x):
         """``||x_i - AE_m(x_i)||_2`` for every model m and row i of the
-        shared input ``x`` (B, D): returns (M, B). The first layer runs as
-        one ``(B, D) @ (D, M * H)`` matmul. Call after training (the
-        flattened first layer is cached)."""
+        shared input ``x`` (B, D): returns (M, B), one model at a time
+        (:meth:`errors_of`). Measured on 2 CPU cores (10k rows, 100 models,
+        512 dims): 2.2 s, against 4.3 s for the batched layers (an
+        ``(M, B, D)`` output per layer, beyond the caches, and the first
+        layer as one ``(B, D) @ (D, M * H)`` product); the same values."""
         torch = _torch()
-        w0 = self.weights[0]
-        m, d, h = w0.shape
-        if self._w0_flat is None:
-            self._w0_flat = w0.detach().permute(1, 0, 2).reshape(d, m * h)
-        first = x @ self._w0_flat
-        first = first.reshape(len(x), m, h).transpose(0, 1) + self.biases[0]
-        if self.num_encoder_layers == 1:
-            z = first
-        else:
-            z = torch.relu(first)
-            z = self._layers(
-                z, list(range(1, self.num_encoder_layers)), lambda v: v
-            )
-        out = self.decode(z)
-        return out.sub_(x.unsqueeze(0)).square_().sum(dim=2).sqrt_()
+        out = torch.empty(
+            (len(self.weights[0]), len(x)), dtype=x.dtype, device=x.device
+        )
+        for index in range(len(out)):
+            out[index] = self.errors_of(index, x)
+        return out
 
     def errors_of(self, index, x):
         """``||x_i - AE_index(x_i)||_2`` for the rows of ``x`` (B, D) under

@@ -539,7 +539,6 @@ class _TrainedChunks:
         for tensor in model.parameters():
             tensor.requires_grad_(False)
             tensor.grad = None
-        model.drop_cache()
         size = sum(t.numel() for t in model.parameters())
         if self.kept + size <= self.budget:
             self.kept += size
