@@ -28,7 +28,8 @@ import pytest
 
 import fiftyone as fo
 
-from fiftyone_hardness.dataset_io import locks, review
+from fiftyone_hardness.dataset_io import locks, review, runs
+from fiftyone_hardness.methods.base import HardnessError
 
 LONG = os.environ.get("FIFTYONE_HARDNESS_FAULTS") == "long"
 KILLS = 30 if LONG else 4
@@ -208,8 +209,6 @@ def _user_fields(dataset):
 
 
 def _check_runs(dataset, user):
-    from fiftyone_hardness.dataset_io import runs
-
     dataset.reload()
     assert _user_fields(dataset) == user
     schema = dataset.get_field_schema(include_private=True)
@@ -248,12 +247,21 @@ def test_kills_during_run_writes_leave_a_loadable_state(scored):
         _check_runs(scored, user)
         foh.repair_hardness_runs(scored)
         _check_runs(scored, user)
-        # re-running the key is never refused because of a dead run
+        # re-running the key is never refused because of a dead run; a
+        # run the worker finished before it died is a complete run, which
+        # only overwrite=True replaces
+        overwrite = attempt % 2 == 1
+        if not overwrite and "faulty" in runs.list_hardness_runs(scored):
+            with pytest.raises(HardnessError, match="already exists"):
+                scored.apply_hardness(
+                    "test_fault_scores", run_key="faulty", progress=False
+                )
+            overwrite = True
         scored.apply_hardness(
             "test_fault_scores",
             run_key="faulty",
             progress=False,
-            overwrite=attempt % 2 == 1,
+            overwrite=overwrite,
         )
         _check_runs(scored, user)
         scored.delete_run("faulty")
