@@ -594,8 +594,9 @@ def _stream(ctx, steps, output, title):
 
 def _candidate_message(audit):
     """What RER's candidate classes did on this dataset (``audit`` is its
-    ``candidate_audit``, methods/rer/candidates.py)."""
-    if audit.get("nearest_classes", 0) is None:
+    ``candidate_audit``, methods/rer/candidates.py). Runs saved before
+    the coverage rule have no ``nearest_classes``: they used 10."""
+    if "nearest_classes" in audit and audit["nearest_classes"] is None:
         return (
             "; errors computed under every class: the nearest classes did "
             "not reach candidate_coverage=%g on this dataset (measured on "
