@@ -42,7 +42,7 @@ dynamics-all
             40 fields written), 3 epochs so that 1M fits in minutes here
 dynamics-default
             the same at the default 20 epochs, where the per-epoch records
-            outgrow ``memory_budget_mb`` at 1M (about an hour here; only
+            outgrow ``memory_budget_mb`` at 1M (22 minutes here; only
             when named in ``--phases``)
 knn-vote    ``probes.knn_vote_probs`` alone on the array
 knn-floor   scikit-learn's exact ``NearestNeighbors`` (cosine, brute) and
@@ -119,7 +119,7 @@ PHASES = [
     "dynamics-all",
     "dynamics-default",
 ]
-#: what runs without ``--phases``: all but the hour-long one
+#: what runs without ``--phases``: all but the slowest (22 min at 1M)
 DEFAULT_PHASES = [p for p in PHASES if p != "dynamics-default"]
 FLOORS = {
     "read": "read-floor",
