@@ -130,19 +130,26 @@ class BatchedAutoencoders:
         layers = list(range(self.num_encoder_layers, len(self.weights)))
         return self._layers(z, layers, torch.sigmoid, dropout, gen)
 
-    def errors(self, x):
+    def errors(self, x, block_rows=None):
         """``||x_i - AE_m(x_i)||_2`` for every model m and row i of the
         shared input ``x`` (B, D): returns (M, B), one model at a time
-        (:meth:`errors_of`). Measured on 2 CPU cores (10k rows, 100 models,
-        512 dims): 2.2 s, against 4.3 s for the batched layers (an
-        ``(M, B, D)`` output per layer, beyond the caches, and the first
-        layer as one ``(B, D) @ (D, M * H)`` product); the same values."""
+        (:meth:`errors_of`) on ``block_rows`` rows at a time (all at once
+        when None), without gradients. Measured on 2 CPU cores (10k rows,
+        100 models, 512 dims): 2.2 s, against 4.3 s for the batched layers
+        (an ``(M, B, D)`` output per layer, beyond the caches, and the
+        first layer as one ``(B, D) @ (D, M * H)`` product); the same
+        values."""
         torch = _torch()
         out = torch.empty(
             (len(self.weights[0]), len(x)), dtype=x.dtype, device=x.device
         )
-        for index in range(len(out)):
-            out[index] = self.errors_of(index, x)
+        step = int(block_rows or max(1, len(x)))
+        with torch.no_grad():
+            for index in range(len(out)):
+                for s in range(0, len(x), step):
+                    out[index, s : s + step] = self.errors_of(
+                        index, x[s : s + step]
+                    )
         return out
 
     def errors_of(self, index, x):

@@ -234,11 +234,9 @@ class ClassAudit:
 
         rows = torch.as_tensor(self.rows, device=Xs.device)
         positions = np.searchsorted(self.present, np.asarray(class_ids))
-        with torch.no_grad():
-            for s in range(0, len(rows), block_rows):
-                self.errors[positions, s : s + block_rows] = (
-                    model.errors(Xs[rows[s : s + block_rows]]).cpu().numpy()
-                )
+        self.errors[positions] = (
+            model.errors(Xs[rows], block_rows).cpu().numpy()
+        )
 
     def _exact(self):
         """(positions of the exact best other classes, exact predictions,

@@ -439,7 +439,7 @@ def _train_and_evaluate(
             audit.evaluate(model, chunk, Xs, plan.sample_chunk_size)
             trained.add(chunk, model)
         else:
-            errors = _chunk_errors(model, Xs, plan.sample_chunk_size)
+            errors = model.errors(Xs, plan.sample_chunk_size)
             running.update(chunk, errors)
             if keep_errors:
                 errors_full[chunk] = errors.cpu().numpy()
@@ -499,9 +499,7 @@ def _candidate_statistics(
             labels, rand_labels, plan.device
         )
         for k, (chunk, model) in enumerate(trained):
-            running.update(
-                chunk, _chunk_errors(model, Xs, plan.sample_chunk_size)
-            )
+            running.update(chunk, model.errors(Xs, plan.sample_chunk_size))
             progress((k + 1) / len(trained))
         return running.result(), None
     slots = candidate_classes(
@@ -605,21 +603,6 @@ def _train_chunk(Xs, chunk, rows, config, plan, gen, progress):
             % chunk[~np.isfinite(losses).all(0)].tolist()
         )
     return model, losses
-
-
-def _chunk_errors(model, Xs, sample_chunk_size):
-    """The (M, N) reconstruction errors of every sample under the chunk's
-    M autoencoders, evaluated ``sample_chunk_size`` samples at a time."""
-    import torch
-
-    with torch.no_grad():
-        return torch.cat(
-            [
-                model.errors(Xs[s : s + sample_chunk_size])
-                for s in range(0, len(Xs), sample_chunk_size)
-            ],
-            dim=1,
-        )
 
 
 # ---------------------------------------------------------------------------
