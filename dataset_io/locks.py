@@ -16,6 +16,12 @@ writes but expires ``lease`` seconds after its holder dies (SIGKILL, a lost
 machine). A second writer waits up to ``timeout`` seconds and then fails
 with a :class:`~fiftyone_hardness.methods.base.HardnessError` naming the
 holder. Re-entrant within one thread.
+
+Within one process, threads race on something else: FiftyOne keeps one
+Dataset object per dataset, and the App server reloads it at the start of
+every request, from the thread that serves the request. Operators and panel
+events therefore write on a Dataset object of their own
+(:func:`own_dataset_object`).
 """
 
 import contextlib
@@ -46,6 +52,49 @@ DEFAULT_LEASE = float(os.environ.get("FIFTYONE_HARDNESS_LOCK_LEASE", 30.0))
 DEFAULT_TIMEOUT = 60.0
 
 _held = threading.local()
+
+
+def own_dataset_object(samples):
+    """Returns ``samples`` (a dataset, or a view of one) on a Dataset object
+    that no other thread holds.
+
+    Why: FiftyOne keeps one Dataset object per dataset and process, and the
+    App server reloads it (``load_dataset(..., reload=True)``) at the start
+    of every request: the panel's poll, the grid and the sidebar, each from
+    its own thread. An operator or panel event that writes through that
+    object races with those reloads. A reload that read the dataset
+    document just before our new field was declared puts back a schema
+    without it: FiftyOne's own ``set_values`` then fails with "Dataset has
+    no field". A reload in the middle of ``register_run`` leaves the run
+    written into a document that no longer exists (``ReferenceError``).
+    Nobody else reloads a Dataset object of our own.
+
+    The new object is built the way FiftyOne builds the shared one, but it
+    is not put in FiftyOne's cache of Dataset objects.
+    """
+    import fiftyone.core.dataset as fod
+    import fiftyone.core.view as fov
+
+    dataset = samples._dataset
+    # Dataset(name) would return the shared object; _make_instance is what
+    # DatasetSingleton calls to build a new one (fiftyone/core/singletons.py)
+    own = fod.Dataset._make_instance(dataset.name, False)
+    if isinstance(samples, fod.Dataset):
+        return own
+    return fov.DatasetView._build(
+        own, samples._serialize(), name=getattr(samples, "name", None)
+    )
+
+
+def reload_shared_dataset(name):
+    """Reloads FiftyOne's shared Dataset object of dataset ``name``, if
+    this process has one, after a write through
+    :func:`own_dataset_object`."""
+    import fiftyone.core.dataset as fod
+
+    shared = fod.Dataset._instances.get(name) if name else None
+    if shared is not None and not shared.deleted:
+        shared.reload()
 
 
 def _collection():

@@ -20,6 +20,7 @@ from fiftyone_hardness.operators.common import (
     multi_select_input,
     run_with_progress,
     stream_to_app,
+    on_own_dataset,
     vector_fields,
 )
 from fiftyone_hardness.operators.perturb import HARDNESS_CHOICES
@@ -145,6 +146,7 @@ class RunHardnessBenchmark(foo.Operator):
             inputs, view=types.View(label="Hardness benchmark")
         )
 
+    @on_own_dataset
     def execute(self, ctx):
         return stream_to_app(
             ctx,

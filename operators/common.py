@@ -10,6 +10,8 @@ Operators stay thin: they parse the form and call
 :func:`fiftyone_hardness.api.compute_embeddings`.
 """
 
+import functools
+import inspect
 import logging
 import queue
 import threading
@@ -21,6 +23,10 @@ import fiftyone.operators.types as types
 from fiftyone.operators.constants import ViewTarget
 from fiftyone.operators.message import GeneratedMessage
 
+from fiftyone_hardness.dataset_io.locks import (
+    own_dataset_object,
+    reload_shared_dataset,
+)
 from fiftyone_hardness.methods.embeddings import EmbeddingsConfig
 from fiftyone_hardness.operators.forms import (
     config_inputs,
@@ -29,6 +35,46 @@ from fiftyone_hardness.operators.forms import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+def use_own_dataset(ctx):
+    """Makes ``ctx.dataset``, and the views the context builds on it
+    (``ctx.view``, ``ctx.target_view()``), a Dataset object of this
+    request's own: the App server reloads its shared one from the threads
+    of other requests while we write (see
+    :func:`~fiftyone_hardness.dataset_io.locks.own_dataset_object`)."""
+    dataset = ctx.dataset
+    if dataset is None:
+        return
+    ctx._dataset = own_dataset_object(dataset)
+    ctx._view = None  # built again on the new object when asked for
+
+
+def on_own_dataset(execute):
+    """Decorates an operator's ``execute``: it runs on a Dataset object of
+    its own (:func:`use_own_dataset`), and FiftyOne's shared object of the
+    dataset is reloaded once it is done, so that a Python caller of
+    ``execute_operator`` sees what it wrote, as after FiftyOne's own
+    operators. A generator ``execute`` is followed to its end."""
+
+    @functools.wraps(execute)
+    def wrapper(self, ctx):
+        use_own_dataset(ctx)
+        name = ctx.dataset.name if ctx.dataset is not None else None
+        result = execute(self, ctx)
+        if inspect.isgenerator(result):
+            return _then_reload(result, name)
+        reload_shared_dataset(name)
+        return result
+
+    return wrapper
+
+
+def _then_reload(messages, name):
+    try:
+        return (yield from messages)
+    finally:
+        reload_shared_dataset(name)
 
 
 def classification_fields(view):
@@ -835,6 +881,7 @@ class HardnessOperator(foo.Operator):
         params.update(self.source_params(ctx))
         return params
 
+    @on_own_dataset
     def execute(self, ctx):
         return stream_to_app(
             ctx,

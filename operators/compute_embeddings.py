@@ -22,6 +22,7 @@ from fiftyone_hardness.operators.common import (
     run_with_progress,
     stream_to_app,
     target_input,
+    on_own_dataset,
 )
 from fiftyone_hardness.operators.forms import (
     blocking_error,
@@ -161,6 +162,7 @@ class ComputeEmbeddings(foo.Operator):
             inputs, view=types.View(label="Compute embeddings")
         )
 
+    @on_own_dataset
     def execute(self, ctx):
         return stream_to_app(
             ctx,

@@ -23,6 +23,7 @@ from fiftyone_hardness.operators.common import (
     run_with_progress,
     stream_to_app,
     target_input,
+    on_own_dataset,
     vector_fields,
 )
 
@@ -113,6 +114,7 @@ class InjectHardness(foo.Operator):
             inputs, view=types.View(label="Inject known hardness")
         )
 
+    @on_own_dataset
     def execute(self, ctx):
         return stream_to_app(
             ctx,

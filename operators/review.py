@@ -24,6 +24,7 @@ from fiftyone_hardness.operators.common import (
     dropdown_input,
     label_field_input,
     plural,
+    on_own_dataset,
     vector_fields,
 )
 from fiftyone_hardness.operators.forms import (
@@ -144,6 +145,7 @@ class ReviewLabel(foo.Operator):
         inputs.str("note", label="Note (optional)")
         return types.Property(inputs, view=types.View(label="Review label"))
 
+    @on_own_dataset
     def execute(self, ctx):
         ids = target_sample_ids(ctx)
         label_field = ctx.params.get("label_field") or "ground_truth"
@@ -239,6 +241,7 @@ class ApplyLabelCorrections(foo.Operator):
             inputs, view=types.View(label="Apply reviewed corrections")
         )
 
+    @on_own_dataset
     def execute(self, ctx):
         label_field = ctx.params.get("label_field") or "ground_truth"
         target = None
@@ -298,6 +301,7 @@ class UndoLabelCorrections(foo.Operator):
             inputs, view=types.View(label="Undo applied corrections")
         )
 
+    @on_own_dataset
     def execute(self, ctx):
         label_field = ctx.params.get("label_field") or "ground_truth"
         result = review.undo_corrections(ctx.dataset, label_field)
@@ -401,6 +405,7 @@ class FindCounterexamples(foo.Operator):
                 params[name] = ctx.params[name]
         return params
 
+    @on_own_dataset
     def execute(self, ctx):
         from fiftyone_hardness import api
 

@@ -17,7 +17,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from fiftyone_hardness.dataset_io import run_views
-from fiftyone_hardness.operators.common import plural
+from fiftyone_hardness.operators.common import on_own_dataset, plural
 from fiftyone_hardness.methods.base import HardnessError
 from fiftyone_hardness.dataset_io.runs import (
     RunRenameError,
@@ -107,6 +107,7 @@ class ListHardnessRuns(foo.Operator):
         )
         return types.Property(inputs, view=types.View(label="Hardness runs"))
 
+    @on_own_dataset
     def execute(self, ctx):
         return {"runs": describe_runs(ctx.dataset)}
 
@@ -173,6 +174,7 @@ class LoadHardnessView(foo.Operator):
             inputs, view=types.View(label="Load a hardness run's samples")
         )
 
+    @on_own_dataset
     def execute(self, ctx):
         view = load_run_view(
             ctx.dataset,
@@ -232,6 +234,7 @@ class RenameHardnessRun(foo.Operator):
             )
         return types.Property(inputs, view=types.View(label="Rename a run"))
 
+    @on_own_dataset
     def execute(self, ctx):
         old, new = ctx.params["run_key"], ctx.params["new_run_key"]
         error = _rename_error(ctx.dataset, old, new)
@@ -284,6 +287,7 @@ class DeleteHardnessRun(foo.Operator):
             )
         return types.Property(inputs, view=types.View(label="Delete a run"))
 
+    @on_own_dataset
     def execute(self, ctx):
         key = ctx.params["run_key"]
         if key not in list_hardness_runs(ctx.dataset):

@@ -40,6 +40,7 @@ from fiftyone_hardness.dataset_io import review_queue as fhqueue
 from fiftyone_hardness.dataset_io import run_views
 from fiftyone_hardness.dataset_io.runs import list_hardness_runs
 from fiftyone_hardness.methods.base import HardnessError
+from fiftyone_hardness.operators.common import use_own_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,11 @@ class HardnessPanel(foo.Panel):
         does, with the event's writes to the panel's state and data sent to
         the App as one patch each, before the layout (the App re-renders the
         panel once per patch, and an event sets dozens of keys), and the
-        layout only when the state changed."""
+        layout only when the state changed. Every event works on a Dataset
+        object of its own (:func:`use_own_dataset`); an idle poll loads
+        none."""
+        if ctx.params.get("__method__") != "on_poll":
+            use_own_dataset(ctx)
         panel = getattr(ctx, "_panel", None)
         if panel is None or ctx.params.get("__method__") in (
             None,
@@ -166,6 +171,12 @@ class HardnessPanel(foo.Panel):
         if runs_sig is None:
             return
         state = ctx.panel.state
+        changed = (runs_sig, samples_sig) != (
+            state.runs_signature,
+            state.samples_signature,
+        )
+        if changed or state.review_building:
+            use_own_dataset(ctx)
         if runs_sig != state.runs_signature:
             self._refresh(ctx)
         elif samples_sig != state.samples_signature:
