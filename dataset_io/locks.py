@@ -54,9 +54,8 @@ DEFAULT_TIMEOUT = 60.0
 _held = threading.local()
 
 
-def own_dataset_object(samples):
-    """Returns ``samples`` (a dataset, or a view of one) on a Dataset object
-    that no other thread holds.
+def own_dataset_object(dataset):
+    """Returns a Dataset object of ``dataset`` that no other thread holds.
 
     Why: FiftyOne keeps one Dataset object per dataset and process, and the
     App server reloads it (``load_dataset(..., reload=True)``) at the start
@@ -67,23 +66,17 @@ def own_dataset_object(samples):
     without it: FiftyOne's own ``set_values`` then fails with "Dataset has
     no field". A reload in the middle of ``register_run`` leaves the run
     written into a document that no longer exists (``ReferenceError``).
-    Nobody else reloads a Dataset object of our own.
+    Nobody else reloads a Dataset object of our own; views built on it
+    (``ctx.view`` once the context holds it) are ours too.
 
     The new object is built the way FiftyOne builds the shared one, but it
     is not put in FiftyOne's cache of Dataset objects.
     """
     import fiftyone.core.dataset as fod
-    import fiftyone.core.view as fov
 
-    dataset = samples._dataset
     # Dataset(name) would return the shared object; _make_instance is what
     # DatasetSingleton calls to build a new one (fiftyone/core/singletons.py)
-    own = fod.Dataset._make_instance(dataset.name, False)
-    if isinstance(samples, fod.Dataset):
-        return own
-    return fov.DatasetView._build(
-        own, samples._serialize(), name=getattr(samples, "name", None)
-    )
+    return fod.Dataset._make_instance(dataset.name, False)
 
 
 def reload_shared_dataset(name):

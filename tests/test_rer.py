@@ -566,15 +566,23 @@ def test_candidate_classes_grow_to_the_coverage(monkeypatch):
     assert np.array_equal(exact.flags, grown.flags)
 
     # one class per chunk: all trained models kept in memory, or (a 1 MB
-    # budget holds 15 of them here) the others written to disk and read
-    # back
-    import torch
+    # budget holds 15 of them here) the others written to an anonymous
+    # file, which has no name on disk (nothing left behind even if the run
+    # is killed), and read back
+    from fiftyone_hardness.methods.rer import core
 
-    saved = []
-    save = torch.save
-    monkeypatch.setattr(
-        torch, "save", lambda obj, path: (saved.append(path), save(obj, path))
-    )
+    seen = []
+    exit_ = core._TrainedChunks.__exit__
+
+    def record(trained, *exc):
+        if trained._file is not None:
+            seen.append(
+                (trained.num_spilled, os.fstat(trained._file.fileno()))
+            )
+        exit_(trained, *exc)
+        seen.append(trained._file is None or trained._file.closed)
+
+    monkeypatch.setattr(core._TrainedChunks, "__exit__", record)
     kept, spilled = (
         rer.compute_rer(
             X,
@@ -585,8 +593,10 @@ def test_candidate_classes_grow_to_the_coverage(monkeypatch):
         )
         for mb in (None, 1)
     )
-    assert len(saved) == 40 - 15
-    assert not any(os.path.exists(path) for path in saved)  # cleaned up
+    assert seen[0] is True  # nothing spilled within the budget
+    (num_spilled, stat), closed = seen[1:]
+    assert num_spilled == 40 - 15 and closed
+    assert stat.st_nlink == 0 and stat.st_size > 0
     assert spilled.results["candidate_audit"] == (
         kept.results["candidate_audit"]
     )
@@ -764,6 +774,21 @@ def _labeled_data(X, y, classes=None):
         classes=classes,
         load_values=lambda path: values,
     )
+
+
+def test_a_diverged_training_names_its_classes():
+    """The error names the classes by name, as the user knows them (the
+    array layer only knows their indices)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 8)) * 1e3
+    y = np.arange(300) % 3
+    data = _labeled_data(X, y, classes=["ant", "bee", "cat"])
+    with pytest.raises(HardnessError) as e:
+        _run(data, embeddings_field="x", learning_rate=1e30, epochs=5)
+    assert "diverged" in str(e.value) and "learning_rate" in str(e.value)
+    assert "['ant', 'bee', 'cat']" in str(e.value)
+    with pytest.raises(HardnessError, match=r"classes \[0, 1, 2\]"):
+        _compute(X, y, learning_rate=1e30, epochs=5)
 
 
 def test_bad_input():

@@ -90,17 +90,11 @@ class BatchedAutoencoders:
     def parameters(self):
         return self.weights + self.biases
 
-    def state(self):
-        """The trained weights, for :meth:`from_state`."""
-        return {
-            "weights": self.weights,
-            "biases": self.biases,
-            "num_encoder_layers": self.num_encoder_layers,
-        }
-
     @classmethod
     def from_state(cls, state):
-        """The model of :meth:`state` (no initialization)."""
+        """The model of trained ``weights`` and ``biases`` (lists of
+        tensors) and ``num_encoder_layers``, e.g. read back from a file (no
+        initialization)."""
         model = cls.__new__(cls)
         model.weights = list(state["weights"])
         model.biases = list(state["biases"])

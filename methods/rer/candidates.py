@@ -50,8 +50,8 @@ evaluation per class at 512 dims and 256 hidden units), plus the audit's
 ``(chunk, K)`` centroid distances and the ``(K, A)`` audit errors; never
 ``N x K``. The trained models wait for m in memory up to
 ``memory_budget_mb`` (``K x 4 x (2 D H + 2 H C)`` bytes for hidden size H
-and code size C: 108 MB at K = 100, D = 512), in a temporary folder beyond
-(``core.py``).
+and code size C: 108 MB at K = 100, D = 512), in an anonymous temporary
+file beyond (``core.py``).
 
 torch is imported inside the functions that need it.
 """

@@ -28,13 +28,14 @@ sum, and the error of a random wrong label) are updated chunk by chunk.
 Peak memory is about ``N * D`` (features) + one chunk's models + ``chunk *
 N`` errors; :func:`_chunk_sizes` sizes the chunks to ``memory_budget_mb``.
 With candidate classes, add the trained models while they wait (at most
-``memory_budget_mb``, the rest in a temporary folder) and the
+``memory_budget_mb``, the rest in an anonymous temporary file) and the
 ``(N, m + r + 2)`` candidate classes and errors.
 """
 
 import contextlib
 import logging
 import math
+import collections
 import os
 import tempfile
 from dataclasses import asdict, dataclass
@@ -521,19 +522,19 @@ def _candidate_statistics(
 
 class _TrainedChunks:
     """The trained chunk models, kept until the candidate classes are
-    known: in memory up to ``budget_floats`` parameters, beyond that in a
-    temporary folder (removed on exit) and read back one chunk at a time.
-    Iterates as ``(classes, model)``."""
+    known: in memory up to ``budget_floats`` parameters, beyond that in one
+    anonymous temporary file, read back one chunk at a time. The file has
+    no name on disk, so the system frees it when the run ends in any way,
+    even killed (a named folder was left behind by a killed run). Iterates
+    as ``(classes, model)``."""
 
     def __init__(self, budget_floats):
         self.budget = budget_floats
         self.kept = 0
         self.items = []
-        self._folder = None
+        self._file = None
 
     def add(self, chunk, model):
-        import torch
-
         for tensor in model.parameters():
             tensor.requires_grad_(False)
             tensor.grad = None
@@ -542,32 +543,65 @@ class _TrainedChunks:
             self.kept += size
             self.items.append((chunk, model))
             return
-        if self._folder is None:
-            self._folder = tempfile.TemporaryDirectory(prefix="rer-models-")
-        path = os.path.join(self._folder.name, "%d.pt" % len(self.items))
-        torch.save(model.state(), path)
-        self.items.append((chunk, path))
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(prefix="rer-models-")
+        self._file.seek(0, os.SEEK_END)
+        where = _SpilledModel(
+            self._file.tell(),
+            len(model.weights),
+            model.num_encoder_layers,
+            model.weights[0].device,
+        )
+        for tensor in model.weights + model.biases:
+            np.save(self._file, tensor.cpu().numpy(), allow_pickle=False)
+        self.items.append((chunk, where))
+
+    @property
+    def num_spilled(self):
+        """How many chunk models are in the file."""
+        return sum(isinstance(m, _SpilledModel) for _, m in self.items)
 
     def __len__(self):
         return len(self.items)
 
     def __iter__(self):
+        for chunk, model in self.items:
+            if isinstance(model, _SpilledModel):
+                model = self._read(model)
+            yield chunk, model
+
+    def _read(self, where):
         import torch
 
-        for chunk, model in self.items:
-            if isinstance(model, str):
-                model = autoencoders.BatchedAutoencoders.from_state(
-                    torch.load(model, weights_only=True)
-                )
-            yield chunk, model
+        self._file.seek(where.offset)
+        tensors = [
+            torch.from_numpy(np.load(self._file, allow_pickle=False)).to(
+                where.device
+            )
+            for _ in range(2 * where.num_layers)
+        ]
+        return autoencoders.BatchedAutoencoders.from_state(
+            {
+                "weights": tensors[: where.num_layers],
+                "biases": tensors[where.num_layers :],
+                "num_encoder_layers": where.num_encoder_layers,
+            }
+        )
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.items = []
-        if self._folder is not None:
-            self._folder.cleanup()
+        if self._file is not None:
+            self._file.close()
+
+
+#: where :class:`_TrainedChunks` wrote a model in its file: the offset of
+#: its first array, then its weights and as many biases
+_SpilledModel = collections.namedtuple(
+    "_SpilledModel", "offset num_layers num_encoder_layers device"
+)
 
 
 def _chunk_progress(progress, j, num_chunks, chunk, num_classes, share):
@@ -597,12 +631,22 @@ def _train_chunk(Xs, chunk, rows, config, plan, gen, progress):
         model, Xs, rows, config, plan.steps, plan.ab, gen, progress
     )
     if not np.all(np.isfinite(losses)):
-        raise HardnessError(
-            "The autoencoder training diverged (non-finite loss) for "
-            "classes %s; try a smaller learning_rate"
-            % chunk[~np.isfinite(losses).all(0)].tolist()
-        )
+        raise TrainingDiverged(chunk[~np.isfinite(losses).all(0)].tolist())
     return model, losses
+
+
+class TrainingDiverged(HardnessError):
+    """The training of some class autoencoders diverged. ``classes`` holds
+    their indices; the message names them (with ``names``, the class names
+    that :func:`run_rer` knows and :func:`compute_rer` does not)."""
+
+    def __init__(self, classes, names=None):
+        self.classes = list(classes)
+        shown = [names[c] for c in classes] if names else self.classes
+        super().__init__(
+            "The autoencoder training diverged (non-finite loss) for "
+            "classes %s; try a smaller learning_rate" % shown
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -664,13 +708,16 @@ def run_rer(data, config):
     """
     X = data.embeddings(config.embeddings_field)
     labels, names = _target_labels(data, X, config)
-    result = compute_rer(
-        X,
-        labels,
-        num_classes=len(names),
-        config=config,
-        progress=data.progress,
-    )
+    try:
+        result = compute_rer(
+            X,
+            labels,
+            num_classes=len(names),
+            config=config,
+            progress=data.progress,
+        )
+    except TrainingDiverged as e:
+        raise TrainingDiverged(e.classes, names) from None
     return _method_output(result, labels, names, config)
 
 
