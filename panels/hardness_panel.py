@@ -40,7 +40,7 @@ from fiftyone_hardness.dataset_io import review_queue as fhqueue
 from fiftyone_hardness.dataset_io import run_views
 from fiftyone_hardness.dataset_io.runs import list_hardness_runs
 from fiftyone_hardness.methods.base import HardnessError
-from fiftyone_hardness.operators.common import use_own_dataset
+from fiftyone_hardness.operators.common import error_text, use_own_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -117,11 +117,26 @@ class HardnessPanel(foo.Panel):
         real = panel._state, panel._data
         panel._state, panel._data = state, data
         try:
-            method = getattr(self, ctx.params.get("__method__"), None)
+            name = ctx.params.get("__method__")
+            method = getattr(self, name, None)
             result = None
             if method is not None:
                 ctx.event_args = ctx.params.get("event_args", {})
-                result = method(ctx)
+                try:
+                    result = method(ctx)
+                except Exception as e:
+                    # unexpected: shown to the person who clicked, and the
+                    # panel stays as it was, its half-made updates dropped
+                    # (FiftyOne shows an uncaught error in place of the
+                    # panel's content: in CI the review was gone from the
+                    # panel for the 30 s the browser test waited)
+                    logger.exception("Hardness panel: %s failed", name)
+                    ctx.ops.notify(
+                        "The Hardness panel could not do that: %s"
+                        % error_text(e),
+                        variant="error",
+                    )
+                    return None
             # the layout depends on the state only: an event that changed
             # no state (an idle poll, a chart click that sets the grid's
             # view) sends no new layout, and the App keeps the one it has

@@ -406,6 +406,36 @@ def test_app_writes_survive_reloads_from_other_requests(
     assert _raw_labels(dataset) == labels
 
 
+def test_an_unexpected_panel_error_is_shown_and_the_panel_stays(
+    plugin, two_runs, monkeypatch
+):
+    from fiftyone_hardness.dataset_io import review_queue
+
+    uri = "%s/%s" % (plugin, "hardness_panel")
+    state = _panel_event(uri, two_runs, "on_load", {})[0][1]["state"]
+    current = state["review_id"]
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(review_queue, "record_verdict", fail)
+    requests = _panel_event(uri, two_runs, "on_review_right", state)
+    assert requests == [
+        (
+            "notify",
+            {
+                "message": "The Hardness panel could not do that: "
+                "RuntimeError: the database went away",
+                "variant": "error",
+            },
+        )
+    ]
+    assert state["review_id"] == current  # no patch, no new layout
+    monkeypatch.undo()
+    requests = dict(_panel_event(uri, two_runs, "on_review_right", state))
+    assert requests["patch_panel_state"]["state"]["review_id"] != current
+
+
 def test_panel_events_send_one_patch_and_idle_polls_nothing(plugin, two_runs):
     uri = "%s/%s" % (plugin, "hardness_panel")
     requests = _panel_event(uri, two_runs, "on_load", {})
