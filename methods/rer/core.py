@@ -32,10 +32,10 @@ With candidate classes, add the trained models while they wait (at most
 ``(N, m + r + 2)`` candidate classes and errors.
 """
 
+import collections
 import contextlib
 import logging
 import math
-import collections
 import os
 import tempfile
 from dataclasses import asdict, dataclass
