@@ -86,8 +86,12 @@ def reload_shared_dataset(name):
     import fiftyone.core.dataset as fod
 
     shared = fod.Dataset._instances.get(name) if name else None
-    if shared is not None and not shared.deleted:
+    if shared is None or shared.deleted:
+        return
+    try:
         shared.reload()
+    except Exception:  # e.g. deleted meanwhile: the next load finds out
+        logger.debug("Could not reload dataset '%s'", name, exc_info=True)
 
 
 def _collection():
