@@ -18,9 +18,9 @@ from fiftyone_hardness.operators.common import (
     dropdown_input,
     label_field_input,
     multi_select_input,
+    on_own_dataset,
     run_with_progress,
     stream_to_app,
-    on_own_dataset,
     vector_fields,
 )
 from fiftyone_hardness.operators.perturb import HARDNESS_CHOICES

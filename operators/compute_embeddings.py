@@ -19,10 +19,10 @@ from fiftyone_hardness.methods.embeddings import (
 )
 from fiftyone_hardness.operators.common import (
     delegated_runs_input,
+    on_own_dataset,
     run_with_progress,
     stream_to_app,
     target_input,
-    on_own_dataset,
 )
 from fiftyone_hardness.operators.forms import (
     blocking_error,

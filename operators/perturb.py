@@ -20,10 +20,10 @@ from fiftyone_hardness.operators.common import (
     classification_fields,
     dropdown_input,
     label_field_input,
+    on_own_dataset,
     run_with_progress,
     stream_to_app,
     target_input,
-    on_own_dataset,
     vector_fields,
 )
 

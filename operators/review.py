@@ -23,8 +23,8 @@ from fiftyone_hardness.methods.counterexamples import CounterexamplesConfig
 from fiftyone_hardness.operators.common import (
     dropdown_input,
     label_field_input,
-    plural,
     on_own_dataset,
+    plural,
     vector_fields,
 )
 from fiftyone_hardness.operators.forms import (
